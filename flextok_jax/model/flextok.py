@@ -1,0 +1,243 @@
+"""FlexTok: image -> ordered token ids -> image, wiring the VAE, encoder, FSQ, decoder and sampler.
+
+Parameters are a plain pytree ``{"vae": ..., "encoder": ..., "decoder": ...}`` (each the contents
+of a linen ``params`` collection); ``FlexTok`` holds only the architecture and jitted functions.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flextok_jax import flow
+from flextok_jax.model.config import FlexTokConfig
+from flextok_jax.model.decoder import FlexTokDecoder
+from flextok_jax.model.encoder import FlexTokEncoder
+from flextok_jax.model.fsq import codes_to_ids, fsq_quantize, ids_to_codes
+from flextok_jax.model.vae import AutoencoderKL
+
+Params = dict[str, Any]
+# Images may overshoot [-1, 1] by resampling ringing; beyond this they are surely in another range.
+_RANGE_SLACK = 1e-2
+
+
+class FlexTok:
+    """The FlexTok tokenizer. See ``tokenize`` / ``detokenize``.
+
+    ``dtype`` is the computation dtype (float32 or bfloat16); parameters stay float32.
+    """
+
+    def __init__(self, config: FlexTokConfig, dtype: Any = jnp.float32):
+        if config.vae is not None and config.vae.latent_channels != config.latent_channels:
+            raise ValueError(
+                f"VAE latent_channels {config.vae.latent_channels} != FlexTok latent_channels {config.latent_channels}"
+            )
+        if config.vae is None and config.latent_channels != 3:
+            raise ValueError(f"a pixel-space model (vae=None) needs latent_channels=3, got {config.latent_channels}")
+        self.config = config
+        self.dtype = jnp.dtype(dtype)
+        self.vae = None if config.vae is None else AutoencoderKL(config.vae, dtype=dtype)
+        self.encoder = FlexTokEncoder(config, dtype=dtype)
+        self.decoder = FlexTokDecoder(config, dtype=dtype)
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(h, w, C) of the latents of an image of ``config.image_size``."""
+        f = self.config.vae_downsample
+        hh, ww = self.config.image_size
+        return hh // f, ww // f, self.config.latent_channels
+
+    def init_boxed(self, rng: jax.Array) -> Params:
+        """Random parameters, still wrapped in ``nn.LogicallyPartitioned`` boxes (for sharding)."""
+        r_vae, r_enc, r_dec = jax.random.split(rng, 3)
+        b = 1
+        hh, ww = self.config.image_size
+        h, w, c = self.latent_shape
+        latents = jnp.zeros((b, h, w, c))
+        codes = jnp.zeros((b, self.config.n_registers, self.config.code_dim))
+        params = {
+            "encoder": self.encoder.init(r_enc, latents)["params"],
+            "decoder": self.decoder.init(r_dec, latents, jnp.ones((b,)), codes, jnp.full((b,), 1))["params"],
+        }
+        if self.vae is not None:
+            params["vae"] = self.vae.init(r_vae, jnp.zeros((b, hh, ww, 3)))["params"]
+        return params
+
+    def init(self, rng: jax.Array) -> Params:
+        """Random parameters as a plain pytree."""
+        return nn.unbox(self.init_boxed(rng))
+
+    def logical_specs(self) -> Any:
+        """PartitionSpecs of logical axis names for every parameter (no memory is allocated)."""
+        return nn.get_partition_spec(jax.eval_shape(self.init_boxed, jax.random.key(0)))
+
+    # ------------------------------------------------------------------ pieces
+    def encode_latents(self, params: Params, images: jax.Array) -> jax.Array:
+        """images [B, H, W, 3] in [-1, 1] -> scaled latents [B, H/f, W/f, C] (posterior mean)."""
+        if self.vae is None:
+            return images.astype(jnp.float32)
+        mean, _ = self.vae.apply({"params": params["vae"]}, images, method=AutoencoderKL.encode)
+        return ((mean.astype(jnp.float32) - self.config.vae_shift_factor) * self.config.vae_scaling_factor)
+
+    def decode_latents(self, params: Params, latents: jax.Array) -> jax.Array:
+        """scaled latents [B, h, w, C] -> images [B, H, W, 3] (not clipped)."""
+        if self.vae is None:
+            return latents.astype(jnp.float32)
+        z = latents / self.config.vae_scaling_factor + self.config.vae_shift_factor
+        return self.vae.apply({"params": params["vae"]}, z, method=AutoencoderKL.decode).astype(jnp.float32)
+
+    def encode_registers(self, params: Params, latents: jax.Array, num_tokens: int | None = None) -> jax.Array:
+        """latents [B, h, w, C] -> FSQ inputs [B, k, code_dim] for the first k registers."""
+        return self.encoder.apply({"params": params["encoder"]}, latents, num_tokens)
+
+    def velocity(
+        self,
+        params: Params,
+        x_t: jax.Array,
+        t: jax.Array,
+        codes: jax.Array,
+        keep_k: jax.Array,
+        null_cond: jax.Array | None = None,
+        collapse: bool = False,
+    ) -> jax.Array:
+        """One decoder forward: the flow velocity [B, h, w, C] (see ``FlexTokDecoder``)."""
+        return self.decoder.apply({"params": params["decoder"]}, x_t, t, codes, keep_k, null_cond, collapse)
+
+    # ------------------------------------------------------------------ checks
+    def _check_images(self, images: Any) -> jax.Array:
+        shape = tuple(np.shape(images))
+        if len(shape) != 4 or shape[-1] != 3:
+            raise ValueError(f"images must be [B, H, W, 3] (NHWC RGB), got shape {shape}")
+        if not jnp.issubdtype(jnp.asarray(images).dtype, jnp.floating):
+            raise TypeError(
+                f"images must be floating point in [-1, 1], got dtype {jnp.asarray(images).dtype}; "
+                "convert uint8 pictures with x / 127.5 - 1"
+            )
+        unit = self.config.vae_downsample * self.config.patch_size[0]
+        max_h, max_w = self.config.image_size
+        h, w = shape[1], shape[2]
+        if h % unit or w % unit or h > max_h or w > max_w:
+            raise ValueError(
+                f"image size {h}x{w} must be a multiple of {unit} (VAE x patch) and at most "
+                f"{max_h}x{max_w} (the position-embedding grid); resize to {max_h}x{max_w}"
+            )
+        lo, hi = float(jnp.min(images)), float(jnp.max(images))
+        if lo < -1 - _RANGE_SLACK or hi > 1 + _RANGE_SLACK:
+            raise ValueError(f"image values must lie in [-1, 1], got [{lo:.3g}, {hi:.3g}]")
+        return jnp.asarray(images, jnp.float32)
+
+    def _check_num_tokens(self, k: Any, batch: int, name: str) -> np.ndarray:
+        n = self.config.n_registers
+        arr = np.asarray(k)
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"{name} must be an int or an int array [B], got dtype {arr.dtype}")
+        if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != batch):
+            raise ValueError(f"{name} must be an int or an int array of shape [{batch}], got shape {arr.shape}")
+        if arr.size and (arr.min() < 1 or arr.max() > n):
+            raise ValueError(f"{name} must lie in [1, {n}] (n_registers), got values {arr.tolist()}")
+        return np.broadcast_to(arr, (batch,)).astype(np.int32)
+
+    # ------------------------------------------------------------------ public API
+    def tokenize(self, params: Params, images: jax.Array, num_tokens: int | None = None) -> jax.Array:
+        """images float [B, H, W, 3] in [-1, 1] -> int32 token ids [B, k].
+
+        k = ``num_tokens`` (default: all n_registers); only registers < k are computed, and the
+        ids equal the first k of a full run.
+        """
+        images = self._check_images(images)
+        k = self.config.n_registers if num_tokens is None else int(self._check_num_tokens(num_tokens, 1, "num_tokens")[0])
+        return self._tokenize_jit(params, images, k)
+
+    @functools.partial(jax.jit, static_argnums=(0, 3))
+    def _tokenize_jit(self, params: Params, images: jax.Array, k: int) -> jax.Array:
+        z = self.encode_registers(params, self.encode_latents(params, images), k)
+        return codes_to_ids(fsq_quantize(z, self.config.fsq_levels), self.config.fsq_levels)
+
+    def detokenize(
+        self,
+        params: Params,
+        tokens: Any,
+        keep_k: Any = None,
+        num_steps: int = 25,
+        guidance_scale: float = 1.0,
+        guidance: str = "cfg",
+        noise: Any = None,
+        rng: jax.Array | None = None,
+    ) -> jax.Array:
+        """token ids int [B, n] (n <= n_registers) -> images float32 [B, H, W, 3].
+
+        ``keep_k``: None (all n given), an int or an int array [B]; tokens from position keep_k
+        on are replaced by the mask token. ``noise`` [B, h, w, C] is the start latent at t=1
+        (deterministic); otherwise it is drawn from ``rng`` (default key 0).
+        """
+        latents = self.sample_latents(params, tokens, keep_k, num_steps, guidance_scale, guidance, noise, rng)
+        return self._decode_jit(params, latents)
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def _decode_jit(self, params: Params, latents: jax.Array) -> jax.Array:
+        return self.decode_latents(params, latents)
+
+    def sample_latents(
+        self,
+        params: Params,
+        tokens: Any,
+        keep_k: Any = None,
+        num_steps: int = 25,
+        guidance_scale: float = 1.0,
+        guidance: str = "cfg",
+        noise: Any = None,
+        rng: jax.Array | None = None,
+    ) -> jax.Array:
+        """``detokenize`` without the VAE decoder: returns scaled latents [B, h, w, C]."""
+        cfg = self.config
+        tokens_np = np.asarray(tokens)
+        if tokens_np.ndim != 2 or not np.issubdtype(tokens_np.dtype, np.integer):
+            raise ValueError(f"tokens must be an int array [B, n], got shape {tokens_np.shape} dtype {tokens_np.dtype}")
+        b, n_given = tokens_np.shape
+        if not 1 <= n_given <= cfg.n_registers:
+            raise ValueError(f"tokens has {n_given} per image; expected 1..{cfg.n_registers} (n_registers)")
+        if tokens_np.size and (tokens_np.min() < 0 or tokens_np.max() >= cfg.vocab_size):
+            bad = tokens_np[(tokens_np < 0) | (tokens_np >= cfg.vocab_size)]
+            raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}), got e.g. {bad[:4].tolist()}")
+        keep = self._check_num_tokens(n_given if keep_k is None else keep_k, b, "keep_k")
+        if keep.max() > n_given:
+            raise ValueError(f"keep_k {keep.tolist()} exceeds the {n_given} tokens given per image")
+        if guidance not in ("cfg", "apg"):
+            raise ValueError(f"guidance must be 'cfg' or 'apg', got {guidance!r}")
+        if int(num_steps) < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        latent_shape = (b,) + self.latent_shape
+        if noise is None:
+            noise = jax.random.normal(jax.random.key(0) if rng is None else rng, latent_shape, jnp.float32)
+        elif tuple(np.shape(noise)) != latent_shape:
+            raise ValueError(f"noise must have shape {latent_shape} (NHWC latents), got {tuple(np.shape(noise))}")
+        padded = np.zeros((b, cfg.n_registers), np.int32)
+        padded[:, :n_given] = tokens_np
+        use_guidance = float(guidance_scale) != 1.0
+        return self._sample_jit(
+            params, jnp.asarray(padded), jnp.asarray(keep), jnp.asarray(noise, jnp.float32),
+            jnp.float32(guidance_scale), int(num_steps), guidance, use_guidance,
+        )
+
+    @functools.partial(jax.jit, static_argnums=(0, 6, 7, 8))
+    def _sample_jit(self, params, tokens, keep_k, noise, guidance_scale, num_steps, guidance, use_guidance):
+        codes = ids_to_codes(tokens, self.config.fsq_levels)
+        b = tokens.shape[0]
+
+        def velocity_fn(x, t, with_null):
+            if not with_null:
+                return self.velocity(params, x, t, codes, keep_k), None
+            # Conditional and unconditional passes as one batched forward.
+            v = self.velocity(
+                params, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+                jnp.concatenate([codes, codes]), jnp.concatenate([keep_k, keep_k]),
+                jnp.arange(2 * b) >= b,
+            )
+            return v[:b], v[b:]
+
+        return flow.euler_sample(velocity_fn, noise, num_steps, guidance_scale, guidance, use_guidance)

@@ -1,0 +1,455 @@
+"""AutoencoderKL (the diffusers VAE architecture) in Flax linen, channels-last.
+
+FlexTok tokenizes VAE latents rather than pixels. This module reproduces the
+computation of diffusers' ``AutoencoderKL`` so that its checkpoints (as embedded
+in the FlexTok safetensors files under ``vae.vae.``) load and give the same
+outputs. Images are NHWC in [-1, 1]; latents are NHWC with ``latent_channels``
+channels at 1/2**(len(block_out_channels)-1) resolution. The latent scaling
+factor is deliberately not part of this module: FlexTok applies it itself.
+
+Parameters are always float32; ``dtype`` only selects the computation dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+import numpy as np
+
+Dtype = Any
+
+_GN_EPS = 1e-6
+_CONV_AXES = (None, None, "conv_in", "conv_out")
+_SUPPORTED_DOWN = "DownEncoderBlock2D"
+_SUPPORTED_UP = "UpDecoderBlock2D"
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    """Architecture of an AutoencoderKL; field names follow diffusers' config.json."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    latent_channels: int = 16
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    norm_num_groups: int = 32
+    mid_block_add_attention: bool = True
+
+    def __post_init__(self) -> None:
+        # Accept lists (e.g. straight from JSON) but keep the dataclass hashable.
+        object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
+        if not self.block_out_channels:
+            raise ValueError("block_out_channels must not be empty")
+        for c in self.block_out_channels:
+            if c % self.norm_num_groups:
+                raise ValueError(
+                    f"every block_out_channels entry must be divisible by norm_num_groups="
+                    f"{self.norm_num_groups}; got {self.block_out_channels}"
+                )
+
+    @property
+    def downsample_factor(self) -> int:
+        """Spatial reduction between images and latents (8 for four blocks)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    @classmethod
+    def from_diffusers(cls, d: Mapping[str, Any]) -> "VAEConfig":
+        """Builds a config from a diffusers ``AutoencoderKL`` config.json dict.
+
+        Keys that do not change the computation of this module (``_class_name``,
+        ``sample_size``, ``scaling_factor``, ...) are ignored. Options that would
+        change it and that this port does not implement raise ValueError.
+        """
+        act_fn = d.get("act_fn", "silu")
+        if act_fn != "silu":
+            raise ValueError(f"unsupported act_fn {act_fn!r}; only 'silu' is implemented")
+        for key, allowed in (("down_block_types", _SUPPORTED_DOWN), ("up_block_types", _SUPPORTED_UP)):
+            for t in d.get(key, ()):
+                if t != allowed:
+                    raise ValueError(f"unsupported {key} entry {t!r}; only {allowed!r} is implemented")
+        for key in ("use_quant_conv", "use_post_quant_conv"):
+            if not d.get(key, True):
+                raise ValueError(f"{key}=False is not supported; this port always has the 1x1 conv")
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in d and d[f.name] is not None:
+                kwargs[f.name] = d[f.name]
+        n_blocks = len(kwargs.get("block_out_channels", cls.block_out_channels))
+        for key in ("down_block_types", "up_block_types"):
+            if key in d and len(d[key]) != n_blocks:
+                raise ValueError(f"{key} has {len(d[key])} entries but block_out_channels has {n_blocks}")
+        return cls(**kwargs)
+
+    def to_diffusers(self) -> dict[str, Any]:
+        """The diffusers config.json fields that describe this architecture."""
+        n = len(self.block_out_channels)
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "latent_channels": self.latent_channels,
+            "block_out_channels": list(self.block_out_channels),
+            "layers_per_block": self.layers_per_block,
+            "norm_num_groups": self.norm_num_groups,
+            "mid_block_add_attention": self.mid_block_add_attention,
+            "act_fn": "silu",
+            "down_block_types": [_SUPPORTED_DOWN] * n,
+            "up_block_types": [_SUPPORTED_UP] * n,
+        }
+
+
+STANDARD_VAE = VAEConfig()
+
+
+def _conv(features: int, kernel: int, dtype: Dtype, name: str, strides: int = 1, padding: Any = None) -> nn.Conv:
+    if padding is None:
+        # torch pads k // 2 on every side; spelled out rather than 'SAME' so
+        # that no conv here depends on flax's stride-dependent SAME rule.
+        padding = ((kernel // 2, kernel // 2), (kernel // 2, kernel // 2))
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(strides, strides),
+        padding=padding,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), _CONV_AXES),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
+        name=name,
+    )
+
+
+def _group_norm(groups: int, dtype: Dtype, name: str) -> nn.GroupNorm:
+    return nn.GroupNorm(
+        num_groups=groups,
+        epsilon=_GN_EPS,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        # The two-pass variance matches torch more closely than E[x^2]-E[x]^2
+        # on activations with a large mean (the decoder's mid block has them).
+        use_fast_variance=False,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+        name=name,
+    )
+
+
+class ResnetBlock(nn.Module):
+    """GN→SiLU→conv3x3→GN→SiLU→conv3x3 plus (1x1-projected if needed) skip. [B,H,W,Cin]→[B,H,W,Cout]."""
+
+    out_channels: int
+    groups: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = nn.silu(_group_norm(self.groups, self.dtype, "norm1")(x))
+        h = _conv(self.out_channels, 3, self.dtype, "conv1")(h)
+        h = nn.silu(_group_norm(self.groups, self.dtype, "norm2")(h))
+        h = _conv(self.out_channels, 3, self.dtype, "conv2")(h)
+        if x.shape[-1] != self.out_channels:
+            x = _conv(self.out_channels, 1, self.dtype, "conv_shortcut")(x)
+        return x + h
+
+
+class SpatialAttention(nn.Module):
+    """Single-head self-attention over all H*W positions with a residual. [B,H,W,C]→[B,H,W,C]."""
+
+    groups: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, hh, ww, c = x.shape
+
+        def dense(name: str) -> nn.Dense:
+            return nn.Dense(
+                c,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "embed")),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+                name=name,
+            )
+
+        h = _group_norm(self.groups, self.dtype, "group_norm")(x).reshape(b, hh * ww, c)
+        q, k, v = dense("to_q")(h), dense("to_k")(h), dense("to_v")(h)
+        logits = jnp.einsum("bqc,bkc->bqk", q, k) / np.sqrt(c).astype(np.float32)
+        # Softmax in float32 even for bf16 compute: the logits span H*W
+        # positions and bf16 exp/sum would lose most of the small weights.
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+        out = dense("to_out_0")(jnp.einsum("bqk,bkc->bqc", probs, v))
+        return x + out.reshape(b, hh, ww, c)
+
+
+class MidBlock(nn.Module):
+    """resnet → (attention) → resnet at constant width. [B,H,W,C]→[B,H,W,C]."""
+
+    channels: int
+    groups: int
+    add_attention: bool
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = ResnetBlock(self.channels, self.groups, self.dtype, name="resnets_0")(x)
+        if self.add_attention:
+            x = SpatialAttention(self.groups, self.dtype, name="attentions_0")(x)
+        return ResnetBlock(self.channels, self.groups, self.dtype, name="resnets_1")(x)
+
+
+class Downsample(nn.Module):
+    """Zero-pad right/bottom by one, then 3x3 stride-2 conv. [B,H,W,C]→[B,H/2,W/2,C]."""
+
+    channels: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # Asymmetric padding is what makes the output grid line up with the
+        # torch checkpoint; symmetric 'SAME' would shift it by half a pixel.
+        return _conv(self.channels, 3, self.dtype, "conv", strides=2, padding=((0, 1), (0, 1)))(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour ×2 then 3x3 conv. [B,H,W,C]→[B,2H,2W,C]."""
+
+    channels: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return _conv(self.channels, 3, self.dtype, "conv")(x)
+
+
+class _DownBlock(nn.Module):
+    channels: int
+    groups: int
+    num_layers: int
+    add_downsample: bool
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for j in range(self.num_layers):
+            x = ResnetBlock(self.channels, self.groups, self.dtype, name=f"resnets_{j}")(x)
+        if self.add_downsample:
+            x = Downsample(self.channels, self.dtype, name="downsamplers_0")(x)
+        return x
+
+
+class _UpBlock(nn.Module):
+    channels: int
+    groups: int
+    num_layers: int
+    add_upsample: bool
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for j in range(self.num_layers):
+            x = ResnetBlock(self.channels, self.groups, self.dtype, name=f"resnets_{j}")(x)
+        if self.add_upsample:
+            x = Upsample(self.channels, self.dtype, name="upsamplers_0")(x)
+        return x
+
+
+class Encoder(nn.Module):
+    """Images [B,H,W,in_channels] → moments [B,H/f,W/f,2*latent_channels] (before quant_conv)."""
+
+    config: VAEConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg, g = self.config, self.config.norm_num_groups
+        n = len(cfg.block_out_channels)
+        x = _conv(cfg.block_out_channels[0], 3, self.dtype, "conv_in")(x)
+        for i, ch in enumerate(cfg.block_out_channels):
+            x = _DownBlock(ch, g, cfg.layers_per_block, i < n - 1, self.dtype, name=f"down_blocks_{i}")(x)
+        x = MidBlock(cfg.block_out_channels[-1], g, cfg.mid_block_add_attention, self.dtype, name="mid_block")(x)
+        x = nn.silu(_group_norm(g, self.dtype, "conv_norm_out")(x))
+        return _conv(2 * cfg.latent_channels, 3, self.dtype, "conv_out")(x)
+
+
+class Decoder(nn.Module):
+    """Latents [B,h,w,latent_channels] (after post_quant_conv) → images [B,h*f,w*f,out_channels]."""
+
+    config: VAEConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        cfg, g = self.config, self.config.norm_num_groups
+        rev = tuple(reversed(cfg.block_out_channels))
+        x = _conv(rev[0], 3, self.dtype, "conv_in")(z)
+        x = MidBlock(rev[0], g, cfg.mid_block_add_attention, self.dtype, name="mid_block")(x)
+        for i, ch in enumerate(rev):
+            x = _UpBlock(ch, g, cfg.layers_per_block + 1, i < len(rev) - 1, self.dtype, name=f"up_blocks_{i}")(x)
+        x = nn.silu(_group_norm(g, self.dtype, "conv_norm_out")(x))
+        return _conv(cfg.out_channels, 3, self.dtype, "conv_out")(x)
+
+
+class AutoencoderKL(nn.Module):
+    """diffusers-compatible AutoencoderKL; NHWC; params float32, compute in ``dtype``.
+
+    Outputs of ``encode`` and ``decode`` are returned in float32 whatever the
+    compute dtype, since they feed the FlexTok tokenizer / image writers.
+    """
+
+    config: VAEConfig = STANDARD_VAE
+    dtype: Dtype = jnp.float32
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.encoder = Encoder(cfg, self.dtype)
+        self.quant_conv = _conv(2 * cfg.latent_channels, 1, self.dtype, "quant_conv")
+        self.post_quant_conv = _conv(cfg.latent_channels, 1, self.dtype, "post_quant_conv")
+        self.decoder = Decoder(cfg, self.dtype)
+
+    def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """images [B,H,W,in_channels] in [-1,1] → (mean, logvar), each [B,H/f,W/f,latent_channels].
+
+        ``logvar`` is clamped to [-30, 20] as diffusers' posterior does, so that
+        ``exp(0.5*logvar)`` stays finite.
+        """
+        moments = self.quant_conv(self.encoder(images.astype(self.dtype))).astype(jnp.float32)
+        mean, logvar = jnp.split(moments, 2, axis=-1)
+        return mean, jnp.clip(logvar, -30.0, 20.0)
+
+    def decode(self, latents: jax.Array) -> jax.Array:
+        """latents [B,h,w,latent_channels] (unscaled) → images [B,h*f,w*f,out_channels]."""
+        z = self.post_quant_conv(latents.astype(self.dtype))
+        return self.decoder(z).astype(jnp.float32)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """Reconstructs images [B,H,W,C] from the posterior mean; used by ``init`` to build all params."""
+        mean, _ = self.encode(images)
+        return self.decode(mean)
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoint conversion
+# --------------------------------------------------------------------------------------
+
+# Older diffusers releases named the attention projections differently.
+_LEGACY_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+_LEGACY_RE = re.compile(r"(\.attentions\.\d+\.)(query|key|value|proj_attn)\.")
+_INDEXED = re.compile(r"^(.*)_(\d+)$")
+
+
+def param_shapes(config: VAEConfig) -> dict:
+    """Unboxed float32 parameter shapes (ShapeDtypeStructs) of ``AutoencoderKL(config)``."""
+    side = config.downsample_factor * 2
+    x = jax.ShapeDtypeStruct((1, side, side, config.in_channels), jnp.float32)
+    shapes = jax.eval_shape(AutoencoderKL(config).init, jax.random.PRNGKey(0), x)
+    return nn.unbox(shapes)["params"]
+
+
+def _torch_key(path: tuple[str, ...]) -> str:
+    parts = []
+    for p in path[:-1]:
+        m = _INDEXED.match(p)
+        parts.extend([m.group(1), m.group(2)] if m else [p])
+    parts.append("bias" if path[-1] == "bias" else "weight")
+    return ".".join(parts)
+
+
+def _torch_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if leaf == "kernel" and len(shape) == 4:
+        h, w, i, o = shape
+        return (o, i, h, w)
+    if leaf == "kernel" and len(shape) == 2:
+        return (shape[1], shape[0])
+    return tuple(shape)
+
+
+def _to_flax(leaf: str, t: np.ndarray, flax_shape: tuple[int, ...]) -> np.ndarray:
+    if leaf != "kernel":
+        return t
+    if len(flax_shape) == 4:
+        return t.transpose(2, 3, 1, 0)
+    if t.ndim == 4:
+        # Attention projections stored as 1x1 convs (LDM-style exports).
+        t = t[:, :, 0, 0]
+    return t.T
+
+
+def vae_params_from_torch(
+    tensors: Mapping[str, np.ndarray], config: VAEConfig = STANDARD_VAE, prefix: str = "vae.vae."
+) -> dict:
+    """Converts a diffusers AutoencoderKL state dict to ``AutoencoderKL(config)`` params.
+
+    Args:
+      tensors: torch-layout arrays (conv OIHW, linear [out, in]); only keys that
+        start with ``prefix`` are read.
+      config: the VAE architecture the checkpoint is expected to have.
+      prefix: key prefix of the VAE inside ``tensors`` ("" for a bare VAE file).
+
+    Returns:
+      The ``params`` collection as nested dicts of float32 numpy arrays (no
+      logical-partitioning boxes), i.e. ``{"params": result}`` is a valid
+      variables dict for ``AutoencoderKL(config).apply``.
+
+    Raises:
+      ValueError: listing every missing, unexpected or mis-shaped tensor, with
+        the torch key and the checkpoint and expected (torch-layout) shapes.
+    """
+    expected: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}
+    for path, sds in jax.tree_util.tree_flatten_with_path(param_shapes(config))[0]:
+        names = tuple(k.key for k in path)
+        expected[_torch_key(names)] = (names, tuple(sds.shape))
+
+    params: dict = {}
+    problems: list[str] = []
+    seen: set[str] = set()
+    found_any = False
+    for key in sorted(tensors):
+        if not key.startswith(prefix):
+            continue
+        found_any = True
+        name = _LEGACY_RE.sub(lambda m: m.group(1) + _LEGACY_ATTN[m.group(2)] + ".", key[len(prefix):])
+        t = np.asarray(tensors[key])
+        if name not in expected:
+            problems.append(f"unexpected tensor {key!r} with shape {tuple(t.shape)}")
+            continue
+        if name in seen:
+            problems.append(f"tensor {key!r} duplicates an already loaded {prefix + name!r}")
+            continue
+        seen.add(name)
+        names, flax_shape = expected[name]
+        want = _torch_shape(names[-1], flax_shape)
+        squeezed_ok = (
+            names[-1] == "kernel" and len(flax_shape) == 2 and t.shape == want + (1, 1)
+        )
+        if tuple(t.shape) != want and not squeezed_ok:
+            problems.append(f"shape mismatch for {key!r}: checkpoint {tuple(t.shape)}, expected {want}")
+            continue
+        node = params
+        for n in names[:-1]:
+            node = node.setdefault(n, {})
+        node[names[-1]] = np.ascontiguousarray(_to_flax(names[-1], t, flax_shape), dtype=np.float32)
+
+    for name in expected:
+        if name not in seen:
+            names, flax_shape = expected[name]
+            problems.append(
+                f"missing tensor {prefix + name!r} (expected shape {_torch_shape(names[-1], flax_shape)})"
+            )
+
+    if problems:
+        head = "" if found_any else f"no tensors start with prefix {prefix!r}; "
+        shown = problems[:25]
+        more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        raise ValueError(
+            f"{head}VAE checkpoint does not match {config} "
+            f"({len(problems)} problem(s)); if the checkpoint uses a different VAE architecture, "
+            f"pass the matching vae_config:\n  " + "\n  ".join(shown) + more
+        )
+    return params
