@@ -85,7 +85,7 @@ def test_logical_axis_annotations(tiny_cfg):
     assert enc["conv_in"]["kernel"] == (None, None, "conv_in", "conv_out")
     assert enc["conv_in"]["bias"] == ("conv_out",)
     assert enc["conv_norm_out"]["scale"] == ("norm",)
-    assert enc["mid_block"]["attentions_0"]["to_q"]["kernel"] == ("embed", "embed")
+    assert enc["mid_block"]["attentions_0"]["to_q"]["kernel"] == ("conv_in", "conv_out")
     leaves = jax.tree_util.tree_leaves(names, is_leaf=lambda n: isinstance(n, tuple))
     assert all(isinstance(n, tuple) for n in leaves)
 

@@ -110,3 +110,19 @@ class FlexTokConfig:
             if key in d:
                 d[key] = tuple(int(v) for v in d[key])
         return cls(**d)
+
+
+def from_configdict(model: Mapping[str, Any]) -> FlexTokConfig:
+    """``FlexTokConfig`` from the ``config.model`` section of an ml-collections config.
+
+    Fields: ``encoder`` / ``decoder`` (dim, depth, head_dim, mlp_ratio), ``n_registers``,
+    ``fsq_levels``, ``latent_channels``, ``patch_size``, ``patch_grid``, ``vae`` (None, the
+    string 'standard', or a dict of ``VAEConfig`` fields), ``vae_scaling_factor``,
+    ``vae_shift_factor``, ``max_timestep``, ``repa_layer``.
+    """
+    from flextok_jax.model.vae import STANDARD_VAE
+
+    d = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in dict(model).items()}
+    if d.get("vae") == "standard":
+        d["vae"] = dataclasses.asdict(STANDARD_VAE)
+    return FlexTokConfig.from_dict(d)

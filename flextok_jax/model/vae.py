@@ -172,8 +172,8 @@ class SpatialAttention(nn.Module):
                 c,
                 dtype=self.dtype,
                 param_dtype=jnp.float32,
-                kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "embed")),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+                kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("conv_in", "conv_out")),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
                 name=name,
             )
 

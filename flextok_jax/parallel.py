@@ -1,0 +1,85 @@
+"""Device mesh and logical-axis sharding, all driven by configuration.
+
+Parameters and activations are annotated with logical axis names in the model; the rules below
+(or ``config.sharding.rules``) map them onto mesh axes ``data`` / ``fsdp`` / ``tensor``. The
+pattern for initialisation is abstract init -> shardings -> jitted sharded init, so no full copy
+of the parameters ever sits on one device.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Logical name -> mesh axis (or None = replicated). Weights are split over fsdp on their model
+# dimension and over tensor on their head / hidden dimension; the batch goes over data and fsdp.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("adaln", "tensor"),
+    ("seq", None),
+    ("embed_out", None),
+    ("registers", None),
+    ("patch", None),
+    ("code", None),
+    ("freq", None),
+    ("norm", None),
+    ("conv_in", None),
+    ("conv_out", None),
+)
+
+
+def make_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES, devices: Sequence[Any] | None = None) -> Mesh:
+    """A mesh of ``shape`` over the given (default: all) devices with Auto axis types.
+
+    A -1 in ``shape`` takes all remaining devices, so (-1, 1, 1) is pure data parallelism.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    shape = list(shape)
+    if shape.count(-1) > 1:
+        raise ValueError(f"at most one mesh dimension may be -1, got {shape}")
+    if -1 in shape:
+        rest = int(np.prod([s for s in shape if s != -1]))
+        shape[shape.index(-1)] = len(devices) // rest
+    if int(np.prod(shape)) != len(devices):
+        raise ValueError(f"mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices, have {len(devices)}")
+    return jax.make_mesh(
+        tuple(shape), tuple(axis_names), axis_types=(AxisType.Auto,) * len(shape), devices=devices
+    )
+
+
+def logical_to_shardings(logical_specs: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
+    """Tree of logical PartitionSpecs -> tree of NamedShardings on ``mesh``."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, tuple(rules))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 4) -> NamedSharding:
+    """Sharding of a [B, ...] array with the batch split over the data-parallel mesh axes."""
+    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+    return NamedSharding(mesh, P(axes, *([None] * (ndim - 1))))
+
+
+def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES, *args) -> tuple[Any, Any]:
+    """Run a boxed ``init_fn(*args)`` directly into its shardings.
+
+    Returns (plain params, shardings). ``init_fn`` returns ``nn.LogicallyPartitioned`` leaves.
+    """
+    abstract = jax.eval_shape(init_fn, *args)
+    shardings = logical_to_shardings(nn.get_partition_spec(abstract), mesh, rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
+        params = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
+    return params, shardings
+
+
+def shard_params(params: Any, logical_specs: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
+    """Place a plain params pytree (e.g. loaded from disk) onto ``mesh`` by the logical rules."""
+    shardings = logical_to_shardings(logical_specs, mesh, rules)
+    return jax.device_put(params, shardings)
