@@ -61,6 +61,28 @@ def logical_to_shardings(logical_specs: Any, mesh: Mesh, rules: Sequence[tuple[s
     return nn.logical_to_mesh_sharding(logical_specs, mesh, tuple(rules))
 
 
+def fit_to_shapes(shardings: Any, shapes: Any) -> Any:
+    """Drop mesh axes from dimensions they do not divide (those dimensions are replicated).
+
+    Keeps one set of rules usable for every model size: e.g. a SwiGLU width of 170 cannot be
+    split 4 ways, but 2048 can.
+    """
+
+    def fit(sharding: NamedSharding, shape: Any) -> NamedSharding:
+        dims = tuple(getattr(shape, "shape", shape))
+        spec = list(sharding.spec) + [None] * (len(dims) - len(sharding.spec))
+        for i, axes in enumerate(spec):
+            if axes is None:
+                continue
+            names = axes if isinstance(axes, tuple) else (axes,)
+            size = int(np.prod([sharding.mesh.shape[a] for a in names]))
+            if dims[i] % size:
+                spec[i] = None
+        return NamedSharding(sharding.mesh, P(*spec))
+
+    return jax.tree_util.tree_map(fit, shardings, shapes, is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 4) -> NamedSharding:
     """Sharding of a [B, ...] array with the batch split over the data-parallel mesh axes."""
     axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
@@ -74,6 +96,7 @@ def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules: Sequence[tuple[
     """
     abstract = jax.eval_shape(init_fn, *args)
     shardings = logical_to_shardings(nn.get_partition_spec(abstract), mesh, rules)
+    shardings = fit_to_shapes(shardings, nn.unbox(abstract))
     with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
         params = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
     return params, shardings
@@ -81,5 +104,5 @@ def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules: Sequence[tuple[
 
 def shard_params(params: Any, logical_specs: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
     """Place a plain params pytree (e.g. loaded from disk) onto ``mesh`` by the logical rules."""
-    shardings = logical_to_shardings(logical_specs, mesh, rules)
+    shardings = fit_to_shapes(logical_to_shardings(logical_specs, mesh, rules), params)
     return jax.device_put(params, shardings)

@@ -1,0 +1,100 @@
+"""Our own parameter files: safetensors with '/'-joined keys and the config as JSON metadata.
+
+Nothing is pickled and nothing in the metadata is evaluated: the config is parsed with
+``json.loads`` into plain values and validated field by field by ``FlexTokConfig.from_dict``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from flextok_jax.model.config import FlexTokConfig
+
+FORMAT = "flextok_jax/1"
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for key, value in tree.items():
+        if "/" in str(key):
+            raise ValueError(f"parameter name {key!r} contains '/', which the file format reserves")
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, path + "/"))
+        else:
+            out[path] = np.asarray(jax.device_get(value))
+    return out
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(k.key) for k in path): tuple(np.shape(x)) for path, x in leaves}
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def save_params(path: str | os.PathLike, params: Any, config: FlexTokConfig | None = None) -> None:
+    """Write a params pytree (nested dicts of arrays, possibly sharded) to one safetensors file.
+
+    The write goes to a temporary file that is renamed into place, so a crash never leaves a
+    truncated file under ``path``.
+    """
+    path = os.fspath(path)
+    metadata = {"format": FORMAT}
+    if config is not None:
+        metadata["config"] = json.dumps(config.to_dict())
+    tmp = path + ".tmp"
+    save_file(_flatten(params), tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_params(path: str | os.PathLike) -> tuple[dict, FlexTokConfig | None]:
+    """Read a file written by ``save_params``: (params as numpy pytree, config or None)."""
+    from flextok_jax.checkpoint_official import read_safetensors_metadata
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no parameter file at {path}")
+    meta = read_safetensors_metadata(path)
+    if meta.get("format") != FORMAT:
+        raise ValueError(
+            f"{path}: metadata format is {meta.get('format')!r}, expected {FORMAT!r} "
+            "(for official FlexTok checkpoints use load_official_checkpoint)"
+        )
+    config = None
+    if "config" in meta:
+        try:
+            config = FlexTokConfig.from_dict(json.loads(meta["config"]))
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            raise ValueError(f"{path}: unreadable config metadata ({e})") from e
+    return _unflatten(load_file(path)), config
+
+
+def load_model(path: str | os.PathLike, dtype: Any = np.float32):
+    """(FlexTok, params) from a file written by ``save_params`` with its config."""
+    from flextok_jax.model.flextok import FlexTok
+
+    params, config = load_params(path)
+    if config is None:
+        raise ValueError(f"{os.fspath(path)} holds no config; build FlexTok(config) yourself and use load_params")
+    model = FlexTok(config, dtype=dtype)
+    want = _flat_shapes(jax.eval_shape(model.init, jax.random.key(0)))
+    got = _flat_shapes(params)
+    for key in sorted(set(want) | set(got)):
+        if want.get(key) != got.get(key):
+            raise ValueError(f"{os.fspath(path)}: parameter {key!r} has shape {got.get(key)}, expected {want.get(key)}")
+    return model, params
