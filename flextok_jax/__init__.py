@@ -3,6 +3,7 @@ from flextok_jax.checkpoint_official import load_official_checkpoint
 from flextok_jax.model.config import FlexTokConfig, TransformerConfig
 from flextok_jax.model.flextok import FlexTok
 from flextok_jax.model.vae import STANDARD_VAE, VAEConfig
+from flextok_jax.params_io import load_model, load_params, save_params
 
 __all__ = [
     "FlexTok",
@@ -11,4 +12,7 @@ __all__ = [
     "VAEConfig",
     "STANDARD_VAE",
     "load_official_checkpoint",
+    "load_model",
+    "load_params",
+    "save_params",
 ]
