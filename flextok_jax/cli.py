@@ -1,0 +1,199 @@
+"""Command-line tools for a trained or released checkpoint.
+
+    python -m flextok_jax.cli tokenize   --checkpoint CKPT --images DIR --out tokens.npz
+    python -m flextok_jax.cli detokenize --checkpoint CKPT --tokens tokens.npz --out_dir DIR --keep_k 1 16 256
+
+CKPT is an official FlexTok ``.safetensors`` (``--vae_config`` takes a diffusers config.json for a
+non-standard VAE) or a file written by ``flextok_jax.save_params`` with its config.
+Token files: ``.npz`` (arrays ``tokens`` int32 [N, k] and ``files``) or ``.array_record`` (one
+msgpack record per image: ``{"file": str, "tokens": int32 [k]}``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pathlib
+import sys
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+log = logging.getLogger("flextok_jax.cli")
+
+
+def load_checkpoint(path: str | os.PathLike, vae_config: str | None = None, dtype: Any = np.float32):
+    """(FlexTok, params) from an official checkpoint or one of ours, told apart by its metadata."""
+    from flextok_jax.checkpoint_official import read_safetensors_metadata, load_official_checkpoint
+    from flextok_jax.params_io import FORMAT, load_model
+
+    meta = read_safetensors_metadata(path)
+    if meta.get("format") == FORMAT:
+        return load_model(path, dtype=dtype)
+    vae = None
+    if vae_config:
+        with open(vae_config) as f:
+            vae = json.load(f)
+    return load_official_checkpoint(path, vae_config=vae, dtype=dtype)
+
+
+def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
+    """Image files under ``folder`` (recursively), sorted for a stable order."""
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def load_images(files: Sequence[pathlib.Path], size: int) -> Iterator[tuple[pathlib.Path, np.ndarray]]:
+    """Yield (file, float32 [size, size, 3] in [-1, 1]); unreadable files are logged and skipped."""
+    from flextok_jax.data import transforms as T
+    from flextok_jax.data.skips import is_skipped
+
+    steps = [T.DecodeImage(), T.ResizeShorterSide(size), T.CenterCrop(size), T.ScaleToSymmetricRange()]
+    for i, path in enumerate(files):
+        try:
+            record: Any = {"image": path.read_bytes(), "index": i, "file_name": str(path)}
+        except OSError as e:
+            log.warning("skipping %s: %s", path, e)
+            continue
+        for step in steps:
+            record = step.map(record)
+        if is_skipped(record):
+            log.warning("skipping %s", record.describe())
+            continue
+        yield path, record["image"]
+
+
+def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def write_tokens(path: str | os.PathLike, files: Sequence[str], tokens: np.ndarray) -> None:
+    """Write token ids [N, k] with their source file names (.npz or .array_record)."""
+    path = os.fspath(path)
+    if path.endswith(".array_record"):
+        from array_record.python.array_record_module import ArrayRecordWriter
+        from flax.serialization import msgpack_serialize
+
+        writer = ArrayRecordWriter(path, "group_size:1")
+        for name, ids in zip(files, tokens):
+            writer.write(msgpack_serialize({"file": name, "tokens": np.asarray(ids, np.int32)}))
+        writer.close()
+    else:
+        np.savez(path, tokens=np.asarray(tokens, np.int32), files=np.asarray(list(files)))
+
+
+def read_tokens(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """Inverse of ``write_tokens``: (file names, int32 tokens [N, k])."""
+    path = os.fspath(path)
+    if path.endswith(".array_record"):
+        from array_record.python.array_record_module import ArrayRecordReader
+        from flax.serialization import msgpack_restore
+
+        reader = ArrayRecordReader(path)
+        records = [msgpack_restore(r) for r in reader.read_all()]
+        reader.close()
+        return [r["file"] for r in records], np.stack([np.asarray(r["tokens"], np.int32) for r in records])
+    with np.load(path, allow_pickle=False) as f:
+        return [str(s) for s in f["files"]], f["tokens"].astype(np.int32)
+
+
+def tokenize_folder(model, params, folder: str, out: str, batch_size: int = 8, num_tokens: int | None = None) -> int:
+    """Tokenize every image in ``folder`` into ``out``; returns the number tokenized."""
+    from tqdm import tqdm
+
+    files = list_images(folder)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+    size = model.config.image_size[0]
+    names, ids = [], []
+    with tqdm(total=len(files), unit="img", desc="tokenize") as bar:
+        for batch in _batches(load_images(files, size), batch_size):
+            images = np.stack([im for _, im in batch])
+            ids.append(np.asarray(model.tokenize(params, images, num_tokens=num_tokens)))
+            names += [str(p.relative_to(folder)) for p, _ in batch]
+            bar.update(len(batch))
+    if not ids:
+        raise ValueError(f"none of the {len(files)} files under {folder} could be read")
+    write_tokens(out, names, np.concatenate(ids))
+    return len(names)
+
+
+def detokenize_file(model, params, tokens_path: str, out_dir: str, keep_k: Sequence[int], batch_size: int = 8,
+                    num_steps: int = 25, guidance_scale: float = 1.0, guidance: str = "cfg", seed: int = 0) -> list[str]:
+    """Decode every token list at each k in ``keep_k``; writes ``{name}_k{k}.png``, returns paths."""
+    import jax
+    from PIL import Image
+    from tqdm import tqdm
+
+    names, tokens = read_tokens(tokens_path)
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    rng = jax.random.key(seed)
+    with tqdm(total=len(names) * len(keep_k), unit="img", desc="detokenize") as bar:
+        for k in keep_k:
+            for start in range(0, len(names), batch_size):
+                rng, sub = jax.random.split(rng)
+                chunk = tokens[start : start + batch_size]
+                images = model.detokenize(params, chunk, keep_k=min(k, chunk.shape[1]), num_steps=num_steps,
+                                          guidance_scale=guidance_scale, guidance=guidance, rng=sub)
+                pixels = np.clip((np.asarray(images) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+                for name, px in zip(names[start : start + batch_size], pixels):
+                    stem = pathlib.Path(name).with_suffix("").as_posix().replace("/", "__")
+                    path = os.path.join(out_dir, f"{stem}_k{k}.png")
+                    Image.fromarray(px).save(path)
+                    written.append(path)
+                bar.update(len(chunk))
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flextok_jax.cli", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("tokenize", "detokenize"):
+        p = sub.add_parser(name)
+        p.add_argument("--checkpoint", required=True)
+        p.add_argument("--vae_config", help="diffusers config.json of a non-standard VAE (official checkpoints)")
+        p.add_argument("--batch_size", type=int, default=8)
+        p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    t = sub.choices["tokenize"]
+    t.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    t.add_argument("--out", required=True, help="tokens.npz or tokens.array_record")
+    t.add_argument("--num_tokens", type=int, help="keep only the first k tokens (computes only those)")
+    d = sub.choices["detokenize"]
+    d.add_argument("--tokens", required=True)
+    d.add_argument("--out_dir", required=True)
+    d.add_argument("--keep_k", type=int, nargs="+", default=[256])
+    d.add_argument("--steps", type=int, default=25)
+    d.add_argument("--guidance_scale", type=float, default=1.0)
+    d.add_argument("--guidance", choices=("cfg", "apg"), default="cfg")
+    d.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    import jax.numpy as jnp
+
+    model, params = load_checkpoint(args.checkpoint, args.vae_config, jnp.dtype(args.dtype))
+    if args.command == "tokenize":
+        n = tokenize_folder(model, params, args.images, args.out, args.batch_size, args.num_tokens)
+        print(f"wrote tokens of {n} images to {args.out}")
+    else:
+        paths = detokenize_file(model, params, args.tokens, args.out_dir, args.keep_k, args.batch_size,
+                                args.steps, args.guidance_scale, args.guidance, args.seed)
+        print(f"wrote {len(paths)} images to {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
