@@ -83,10 +83,12 @@ def fit_to_shapes(shardings: Any, shapes: Any) -> Any:
     return jax.tree_util.tree_map(fit, shardings, shapes, is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 4) -> NamedSharding:
-    """Sharding of a [B, ...] array with the batch split over the data-parallel mesh axes."""
-    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
-    return NamedSharding(mesh, P(axes, *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh, data_axes: Sequence[str] = BATCH_AXES) -> NamedSharding:
+    """Sharding of any [B, ...] array: the batch axis split over ``data_axes``, the rest replicated."""
+    missing = [a for a in data_axes if a not in mesh.axis_names]
+    if missing:
+        raise ValueError(f"mesh axes {mesh.axis_names} lack data axes {missing}")
+    return NamedSharding(mesh, P(tuple(data_axes)))
 
 
 def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES, *args) -> tuple[Any, Any]:

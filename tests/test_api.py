@@ -89,7 +89,6 @@ def test_sharded_outputs_equal_single_device(tiny, parity_io, images, mesh_shape
     tokens_ref = model.tokenize(params, batch)
     tokens = model.tokenize(sharded, jax.device_put(batch, parallel.batch_sharding(mesh)))
     np.testing.assert_array_equal(np.asarray(tokens), np.asarray(tokens_ref))
-    assert tokens.sharding.is_equivalent_to(parallel.batch_sharding(mesh, 2), 2) or mesh_shape[0] * mesh_shape[1] == 1
 
     kw = dict(keep_k=np.tile(parity_io["detok_keep_k"], 4), num_steps=2, guidance_scale=3.0, guidance="apg",
               noise=np.concatenate([nhwc(parity_io["detok_noise"])] * 4))
