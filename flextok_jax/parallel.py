@@ -108,3 +108,35 @@ def shard_params(params: Any, logical_specs: Any, mesh: Mesh, rules: Sequence[tu
     """Place a plain params pytree (e.g. loaded from disk) onto ``mesh`` by the logical rules."""
     shardings = fit_to_shapes(logical_to_shardings(logical_specs, mesh, rules), params)
     return jax.device_put(params, shardings)
+
+
+def initialize_distributed() -> bool:
+    """Start ``jax.distributed`` when this process is one of several; returns True if it did.
+
+    - Explicit (``launch/local_multiprocess.sh``, any cluster): ``JAX_COORDINATOR_ADDRESS``,
+      ``FLEXTOK_NUM_PROCESSES`` and ``FLEXTOK_PROCESS_ID`` (optionally ``FLEXTOK_LOCAL_DEVICE_IDS``).
+    - SLURM with more than one task, and Cloud TPU pods: jax detects everything itself.
+    Single-process runs need nothing and return False.
+    """
+    import os
+
+    if jax.distributed.is_initialized():
+        return True
+    env = os.environ
+    if "FLEXTOK_NUM_PROCESSES" in env:
+        if "JAX_COORDINATOR_ADDRESS" not in env or "FLEXTOK_PROCESS_ID" not in env:
+            raise ValueError("FLEXTOK_NUM_PROCESSES needs JAX_COORDINATOR_ADDRESS and FLEXTOK_PROCESS_ID too")
+        local = env.get("FLEXTOK_LOCAL_DEVICE_IDS")
+        jax.distributed.initialize(
+            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(env["FLEXTOK_NUM_PROCESSES"]),
+            process_id=int(env["FLEXTOK_PROCESS_ID"]),
+            local_device_ids=[int(i) for i in local.split(",")] if local else None,
+        )
+        return True
+    slurm_tasks = int(env.get("SLURM_NTASKS", "1"))
+    tpu_hosts = env.get("TPU_WORKER_HOSTNAMES", "")
+    if slurm_tasks > 1 or "," in tpu_hosts:
+        jax.distributed.initialize()
+        return True
+    return False
