@@ -168,14 +168,20 @@ class FlexTok:
         guidance: str = "cfg",
         noise: Any = None,
         rng: jax.Array | None = None,
+        *,
+        exact_shortcut: bool = True,
     ) -> jax.Array:
         """token ids int [B, n] (n <= n_registers) -> images float32 [B, H, W, 3].
 
         ``keep_k``: None (all n given), an int or an int array [B]; tokens from position keep_k
         on are replaced by the mask token. ``noise`` [B, h, w, C] is the start latent at t=1
         (deterministic); otherwise it is drawn from ``rng`` (default key 0).
+        ``exact_shortcut``: decode with the collapsed register sequence (see ``sample_latents``).
         """
-        latents = self.sample_latents(params, tokens, keep_k, num_steps, guidance_scale, guidance, noise, rng)
+        latents = self.sample_latents(
+            params, tokens, keep_k, num_steps, guidance_scale, guidance, noise, rng,
+            exact_shortcut=exact_shortcut,
+        )
         return self._decode_jit(params, latents)
 
     @functools.partial(jax.jit, static_argnums=(0,))
@@ -192,8 +198,17 @@ class FlexTok:
         guidance: str = "cfg",
         noise: Any = None,
         rng: jax.Array | None = None,
+        *,
+        exact_shortcut: bool = True,
     ) -> jax.Array:
-        """``detokenize`` without the VAE decoder: returns scaled latents [B, h, w, C]."""
+        """``detokenize`` without the VAE decoder: returns scaled latents [B, h, w, C].
+
+        With ``exact_shortcut`` (and ``config.register_posemb_before_dropout``, as in the released
+        models) the n - k masked registers are computed once (``FlexTokDecoder`` ``collapse``),
+        and the null pass of guidance runs on the patches plus one null slot. Images are grouped
+        by the next power of two of their keep_k, so each group runs a register sequence of that
+        length (and at most log2(n) + 1 programs get compiled); results come back in input order.
+        """
         cfg = self.config
         tokens_np = np.asarray(tokens)
         if tokens_np.ndim != 2 or not np.issubdtype(tokens_np.dtype, np.integer):
@@ -216,20 +231,44 @@ class FlexTok:
             noise = jax.random.normal(jax.random.key(0) if rng is None else rng, latent_shape, jnp.float32)
         elif tuple(np.shape(noise)) != latent_shape:
             raise ValueError(f"noise must have shape {latent_shape} (NHWC latents), got {tuple(np.shape(noise))}")
+        noise = jnp.asarray(noise, jnp.float32)
         padded = np.zeros((b, cfg.n_registers), np.int32)
         padded[:, :n_given] = tokens_np
         use_guidance = float(guidance_scale) != 1.0
-        return self._sample_jit(
-            params, jnp.asarray(padded), jnp.asarray(keep), jnp.asarray(noise, jnp.float32),
-            jnp.float32(guidance_scale), int(num_steps), guidance, use_guidance,
-        )
+        static = (int(num_steps), guidance, use_guidance)
+        w = jnp.float32(guidance_scale)
+        if not (exact_shortcut and cfg.register_posemb_before_dropout):
+            return self._sample_jit(params, jnp.asarray(padded), jnp.asarray(keep), noise, w, *static, False)
+        slots = register_buckets(keep, cfg.n_registers)
+        parts, order = [], []
+        for s in np.unique(slots):
+            idx = np.nonzero(slots == s)[0]
+            parts.append(self._sample_jit(
+                params, jnp.asarray(padded[idx, :s]), jnp.asarray(keep[idx]),
+                noise[idx] if len(idx) < b else noise, w, *static, True,
+            ))
+            order.append(idx)
+        if len(parts) == 1:
+            return parts[0]
+        inverse = np.argsort(np.concatenate(order))
+        return jnp.concatenate(parts)[inverse]
 
-    @functools.partial(jax.jit, static_argnums=(0, 6, 7, 8))
-    def _sample_jit(self, params, tokens, keep_k, noise, guidance_scale, num_steps, guidance, use_guidance):
+    @functools.partial(jax.jit, static_argnums=(0, 6, 7, 8, 9))
+    def _sample_jit(self, params, tokens, keep_k, noise, guidance_scale, num_steps, guidance, use_guidance, collapse):
+        """tokens [b, s] (s = n_registers, or the bucket size when ``collapse``) -> latents."""
         codes = ids_to_codes(tokens, self.config.fsq_levels)
         b = tokens.shape[0]
 
         def velocity_fn(x, t, with_null):
+            if collapse:
+                v_cond = self.velocity(params, x, t, codes, keep_k, collapse=True)
+                if not with_null:
+                    return v_cond, None
+                # The null pass keeps no code rows: patches plus one null slot standing for all n.
+                v_null = self.velocity(
+                    params, x, t, codes[:, :0], keep_k, jnp.ones((b,), bool), collapse=True
+                )
+                return v_cond, v_null
             if not with_null:
                 return self.velocity(params, x, t, codes, keep_k), None
             # Conditional and unconditional passes as one batched forward.
@@ -241,3 +280,9 @@ class FlexTok:
             return v[:b], v[b:]
 
         return flow.euler_sample(velocity_fn, noise, num_steps, guidance_scale, guidance, use_guidance)
+
+
+def register_buckets(keep_k: np.ndarray, n: int) -> np.ndarray:
+    """Register-sequence length per image: the next power of two >= keep_k, capped at n. [B] -> [B]."""
+    k = np.maximum(np.asarray(keep_k, np.int64), 1)
+    return np.minimum(2 ** np.ceil(np.log2(k)).astype(np.int64), n)

@@ -51,6 +51,32 @@ def mlp_hidden_dim(dim: int, mlp_ratio: float = 4.0) -> int:
     return int(2 * mlp_ratio * dim / 3)
 
 
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    scale: float,
+    mask: jax.Array | None = None,
+    key_bias: jax.Array | None = None,
+) -> jax.Array:
+    """Softmax attention. q, k, v: [B, N, H, Dh]; mask: bool broadcastable to [B, H, N, N]
+    (True = visible); key_bias: float [B, N] added to every query's logit. Returns [B, N, H, Dh].
+
+    Heads-major einsums: on XLA:CPU these run ~2x faster than ``jax.nn.dot_product_attention``
+    (whose [B, N, H, Dh] contractions get strided operands). Logits and softmax are float32
+    even for bf16 compute, since the key_bias log-counts and the row sums need the range.
+    """
+    q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if key_bias is not None:
+        logits = logits + key_bias[:, None, None, :].astype(jnp.float32)
+    if mask is not None:
+        # Finite fill keeps a fully masked row NaN-free (it then averages v uniformly).
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with QK-norm and the muP scale 8/head_dim.
 
@@ -76,13 +102,7 @@ class Attention(nn.Module):
 
         q, k, v = project("wq"), project("wk"), project("wv")
         q, k = layer_norm(q), layer_norm(k)
-        bias = None
-        if key_bias is not None:
-            bias = key_bias[:, None, None, :].astype(jnp.float32)
-        out = jax.nn.dot_product_attention(
-            q, k, v, bias=bias, mask=mask, scale=8.0 / self.head_dim
-        )
-        out = out.reshape(b, n, self.dim)
+        out = attention(q, k, v, 8.0 / self.head_dim, mask, key_bias).reshape(b, n, self.dim)
         return dense(self.dim, ("heads", "embed"), name="proj", dtype=self.dtype)(out)
 
 

@@ -1,0 +1,84 @@
+"""``python -m flextok_jax.benchmarks {tokenize,detokenize,train,all} [--size d12|tiny] ...``
+
+Prints one table row per measured program: seconds is the median of a few runs after a warm-up
+(compilation) run; FLOPs come from XLA's cost analysis (loop bodies times their trip count);
+% ceiling compares the achieved FLOP/s with a large jnp.dot of the same dtype, timed right before
+and after each row (the better of the two), so a shared machine skews both alike.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flextok_jax.benchmarks.timing import CEILING_N, Row, device_peak_mib, matmul_ceiling, peak_rss_mib
+
+COLUMNS = ("what", "batch", "k", "dtype", "seconds", "images/s", "GFLOP/image", "GFLOP/s", "% ceiling",
+           "program MiB", "peak RSS MiB")
+
+
+def format_row(r: Row) -> list[str]:
+    return [r.what, str(r.batch), r.k, r.dtype, f"{r.seconds:.4g}", f"{r.images_per_s:.4g}",
+            f"{r.flops / r.batch / 1e9:.4g}", f"{r.flop_rate / 1e9:.4g}", f"{r.pct_ceiling:.1f}",
+            f"{r.program_mib:.4g}", f"{r.peak_rss_mib:.0f}"]
+
+
+def print_table(rows: list[Row], out=sys.stdout) -> None:
+    cells = [list(COLUMNS)] + [format_row(r) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    for j, line in enumerate(cells):
+        print(" | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))), file=out)
+        if j == 0:
+            print("-+-".join("-" * w for w in widths), file=out)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m flextok_jax.benchmarks", description=__doc__.splitlines()[0])
+    ap.add_argument("mode", choices=("tokenize", "detokenize", "train", "all"))
+    ap.add_argument("--size", choices=("d12", "tiny"), default="d12")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--k", type=int, nargs="+", default=None,
+                    help="token counts (default: all registers and n/8)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ap.add_argument("--steps", type=int, default=20, help="sampling steps of detokenize")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per row (median)")
+    ap.add_argument("--ceiling-size", type=int, default=CEILING_N, help="n of the n^3 matmul ceiling")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    import jax.numpy as jnp
+
+    from flextok_jax.benchmarks.models import model_config
+    from flextok_jax.benchmarks.runner import Bench, run_detokenize, run_tokenize, run_train
+
+    # Measured first, so every row's % is against this machine's current state.
+    cn = args.ceiling_size
+    ceilings = {d: matmul_ceiling(getattr(jnp, d), cn) for d in ("float32", "bfloat16")}
+    rows = [Row(f"matmul {cn}^3 {d}", 1, "-", d, 2.0 * cn**3 / c, 2.0 * cn**3, c, float("nan"), peak_rss_mib())
+            for d, c in ceilings.items()]
+    n = model_config(args.size).n_registers
+    ks = args.k or [n, max(1, n // 8)]
+    notes = []
+    if args.mode in ("tokenize", "detokenize", "all"):
+        bench = Bench(args.size, args.batch, args.dtype, args.repeats, cn)
+        if args.mode in ("tokenize", "all"):
+            run_tokenize(bench, ks)
+        if args.mode in ("detokenize", "all"):
+            run_detokenize(bench, ks, args.steps)
+        rows += bench.rows
+    if args.mode in ("train", "all"):
+        train_rows, note = run_train(args.size, args.batch, args.dtype, ceilings)
+        rows += train_rows
+        if note:
+            notes.append(note)
+    print_table(rows)
+    dev = device_peak_mib()
+    if dev is not None:
+        print(f"device peak memory: {dev:.0f} MiB")
+    for note in notes:
+        print(note)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The benchmark cases: each builds jitted callables on random weights and returns table rows."""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flextok_jax.benchmarks.models import model_config, random_params
+from flextok_jax.benchmarks.timing import (
+    CEILING_N,
+    Row,
+    compiled_cost,
+    matmul_ceiling,
+    median_seconds,
+    peak_rss_mib,
+)
+from flextok_jax.model.flextok import FlexTok, register_buckets
+from flextok_jax.model.fsq import ids_to_codes
+
+GUIDANCE_SCALE = 7.5
+
+
+class Bench:
+    """Shared state of one benchmark run: model, params, inputs and the measured ceilings."""
+
+    def __init__(self, size: str, batch: int, dtype: str, repeats: int = 3, ceiling_n: int = CEILING_N):
+        self.size, self.batch, self.dtype_name, self.repeats = size, batch, dtype, repeats
+        self.dtype, self.ceiling_n = jnp.dtype(dtype), ceiling_n
+        self.model = FlexTok(model_config(size), self.dtype)
+        self.params = random_params(self.model, seed=0)
+        h, w = self.model.config.image_size
+        self.images = jax.random.uniform(jax.random.key(1), (batch, h, w, 3), minval=-1.0, maxval=1.0)
+        self.noise = jax.random.normal(jax.random.key(2), (batch,) + self.model.latent_shape)
+        self.rows: list[Row] = []
+
+    def measure(self, what: str, k: Any, call: Callable[[], Any], flops: float, mib: float = float("nan")) -> Row:
+        # The machine may be shared: the ceiling is re-measured around every row, and the better
+        # of the two (the least disturbed) is the row's reference.
+        before = matmul_ceiling(self.dtype, self.ceiling_n, repeats=3)
+        seconds = median_seconds(call, self.repeats)
+        ceiling = max(before, matmul_ceiling(self.dtype, self.ceiling_n, repeats=3))
+        row = Row(f"{self.size} {what}", self.batch, str(k), self.dtype_name, seconds, flops, ceiling,
+                  mib, peak_rss_mib())
+        self.rows.append(row)
+        print(f"# {row.what} k={row.k}: {seconds:.4g} s", file=sys.stderr, flush=True)
+        return row
+
+    def measure_jit(self, what: str, k: Any, fn: Callable, *args: Any) -> Row:
+        """Time ``jax.jit(fn)(*args)`` with FLOPs and memory from its compiled program."""
+        flops, mib = compiled_cost(fn, *args)
+        jitted = jax.jit(fn)
+        return self.measure(what, k, lambda: jitted(*args), flops, mib)
+
+    def tokens(self, k: int) -> np.ndarray:
+        return np.asarray(self.model.tokenize(self.params, self.images, num_tokens=k))
+
+
+def run_tokenize(bench: Bench, ks: list[int]) -> None:
+    """VAE encode, encoder to k registers, and the whole public ``tokenize`` per k."""
+    m, p = bench.model, bench.params
+    lat = jax.jit(m.encode_latents)(p, bench.images)
+    vae = bench.measure_jit("vae encode", "-", m.encode_latents, p, bench.images)
+    for k in ks:
+        bench.measure_jit("encoder", k, lambda p_, x: m.encode_registers(p_, x, k), p, lat)
+        flops, mib = compiled_cost(lambda p_, im: m._tokenize_jit(p_, im, k), p, bench.images)
+        bench.measure("tokenize (vae+encoder+fsq)", k, lambda: m.tokenize(p, bench.images, num_tokens=k),
+                      flops, max(mib, vae.program_mib))
+
+
+def guided_step(m: FlexTok, p: Any, x: jax.Array, t: jax.Array, codes: jax.Array, keep: jax.Array) -> jax.Array:
+    """One collapsed CFG velocity: the body of the sampler loop. -> [B, h, w, C]."""
+    v_cond = m.velocity(p, x, t, codes, keep, collapse=True)
+    v_null = m.velocity(p, x, t, codes[:, :0], keep, jnp.ones(x.shape[:1], bool), collapse=True)
+    return v_null + GUIDANCE_SCALE * (v_cond - v_null)
+
+
+def run_detokenize(bench: Bench, ks: list[int], steps: int) -> None:
+    """Decoder forwards (plain full length and collapsed), VAE decode, and whole ``detokenize``."""
+    m, p, cfg = bench.model, bench.params, bench.model.config
+    b, n = bench.batch, cfg.n_registers
+    t = jnp.full((b,), 0.5)
+    ids = jnp.asarray(bench.tokens(n))
+    codes = ids_to_codes(ids, cfg.fsq_levels)
+    full = jnp.full((b,), n, jnp.int32)
+    bench.measure_jit("decoder fwd, plain", n, lambda p_, x: m.velocity(p_, x, t, codes, full), p, bench.noise)
+    vae = bench.measure_jit("vae decode", "-", m.decode_latents, p, bench.noise)
+    for k in ks:
+        keep = jnp.full((b,), k, jnp.int32)
+        s = int(register_buckets(np.array([k]), n)[0])
+        c = codes[:, :s]
+        bench.measure_jit("decoder fwd, collapsed", k,
+                          lambda p_, x: m.velocity(p_, x, t, c, keep, collapse=True), p, bench.noise)
+        step_flops, step_mib = compiled_cost(lambda p_, x: guided_step(m, p_, x, t, c, keep), p, bench.noise)
+        # XLA's cost analysis counts the fori_loop body once, so scale the step by hand.
+        flops = steps * step_flops + vae.flops
+        tok = np.asarray(ids[:, :k])
+        bench.measure(f"detokenize {steps} steps cfg {GUIDANCE_SCALE}", k,
+                      lambda: m.detokenize(p, tok, num_steps=steps, guidance_scale=GUIDANCE_SCALE, noise=bench.noise),
+                      flops, max(step_mib, vae.program_mib))
+
+
+TRAIN_CONFIGS = {"tiny": "configs.tiny_cpu", "d12": "configs.flextok_d12_d12_in1k"}
+
+
+def run_train(bench_size: str, batch: int, dtype: str, ceilings: dict[str, float]) -> tuple[list[Row], str]:
+    """One train step via ``flextok_jax.train.benchmark_train_step`` (written with the trainer).
+
+    Returns (rows, note); the note says why there are no rows when the trainer is missing.
+    """
+    try:
+        from flextok_jax.train import benchmark_train_step
+    except ImportError as e:
+        return [], f"train: flextok_jax.train.benchmark_train_step is not available ({e})"
+    try:
+        config = importlib.import_module(TRAIN_CONFIGS[bench_size]).get_config()
+    except ImportError as e:
+        return [], f"train: config module {TRAIN_CONFIGS[bench_size]} not importable ({e})"
+    config.train.global_batch_size = batch
+    config.mesh.shape = (-1, 1, 1)
+    before = matmul_ceiling(jnp.float32, repeats=3)
+    out = benchmark_train_step(config, steps=3, warmup=1)
+    ceiling = max(before, matmul_ceiling(jnp.float32, repeats=3), ceilings["float32"])
+    row = Row(f"{bench_size} train step ({TRAIN_CONFIGS[bench_size]})", batch, "-", "float32", out["step_s"],
+              out["flops_per_step"], ceiling, float("nan"), peak_rss_mib())
+    return [row], ""

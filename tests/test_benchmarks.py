@@ -1,0 +1,51 @@
+"""The benchmark CLI runs at the tiny size and prints a complete table (no timing assertions)."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from flextok_jax.benchmarks.__main__ import COLUMNS
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> str:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)  # one real CPU device, not conftest's 8 fake ones
+    proc = subprocess.run([sys.executable, "-m", "flextok_jax.benchmarks", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def parse_table(text: str) -> tuple[list[str], list[list[str]]]:
+    lines = [ln for ln in text.splitlines() if " | " in ln]
+    cells = [[c.strip() for c in ln.split(" | ")] for ln in lines]
+    header = cells[0]
+    return header, [c for c in cells if c != header]  # one header per CLI run
+
+
+@pytest.fixture(scope="module")
+def table():
+    out = run_cli("tokenize", "--size", "tiny", "--k", "16", "2", "--repeats", "1", "--ceiling-size", "512")
+    out += run_cli("detokenize", "--size", "tiny", "--k", "3", "--steps", "2", "--repeats", "1",
+                   "--ceiling-size", "512")
+    return out
+
+
+def test_table_columns_and_positive_numbers(table):
+    header, rows = parse_table(table)
+    assert header == list(COLUMNS)
+    whats = [r[0] for r in rows]
+    for name in ("matmul", "vae encode", "encoder", "tokenize", "decoder fwd", "vae decode", "detokenize"):
+        assert any(name in w for w in whats), (name, whats)
+    numeric = [c for c in COLUMNS if c not in ("what", "k", "dtype")]
+    for row in rows:
+        assert len(row) == len(COLUMNS), row
+        values = dict(zip(header, row))
+        for col in numeric:
+            if col == "program MiB" and values[col] == "nan":
+                continue  # the matmul ceiling rows have no program analysis
+            assert float(values[col]) > 0, (col, row)

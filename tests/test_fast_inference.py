@@ -1,0 +1,190 @@
+"""Issue 5: exact fast inference.
+
+Truncated tokenization equals a prefix of the full run; the collapsed decoder (one slot standing
+for all masked registers, with log(count) on its logit) equals the plain one; the bucketed,
+collapsed sampler equals the plain sampler.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flextok_jax
+from flextok_jax import FlexTok, FlexTokConfig, TransformerConfig
+from flextok_jax.benchmarks.models import random_params
+from flextok_jax.model.flextok import register_buckets
+from flextok_jax.model.fsq import ids_to_codes
+from flextok_jax.model.vae import VAEConfig
+
+COLLAPSE_TOL = 1e-5
+SHORTCUT_TOL = 1e-4
+
+
+def max_err(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+@pytest.fixture(scope="module")
+def tiny(parity_dir):
+    vae = VAEConfig(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8,
+                    mid_block_add_attention=True, latent_channels=16)
+    return flextok_jax.load_official_checkpoint(parity_dir / "flextok_tiny.safetensors", vae_config=vae)
+
+
+def small_config(**changes) -> FlexTokConfig:
+    """Pixel-space model with many registers relative to its 16 patches."""
+    t = TransformerConfig(dim=96, depth=2, head_dim=32)
+    cfg = FlexTokConfig(encoder=t, decoder=t, n_registers=64, latent_channels=3, patch_grid=(4, 4), vae=None)
+    return cfg.replace(**changes)
+
+
+@pytest.fixture(scope="module")
+def small():
+    model = FlexTok(small_config())
+    return model, random_params(model, seed=1)
+
+
+def random_images(model: FlexTok, batch: int, seed: int = 0) -> jax.Array:
+    h, w = model.config.image_size
+    return jax.random.uniform(jax.random.key(seed), (batch, h, w, 3), minval=-1.0, maxval=1.0)
+
+
+def random_codes(model: FlexTok, batch: int, seed: int = 0) -> jax.Array:
+    ids = jax.random.randint(jax.random.key(seed), (batch, model.config.n_registers), 0, model.config.vocab_size)
+    return ids_to_codes(ids, model.config.fsq_levels)
+
+
+def random_x_t(model: FlexTok, batch: int, seed: int = 0) -> tuple[jax.Array, jax.Array]:
+    x = jax.random.normal(jax.random.key(seed), (batch,) + model.latent_shape)
+    t = jax.random.uniform(jax.random.key(seed + 1), (batch,))
+    return x, t
+
+
+def check_collapse(model: FlexTok, params, keep, slots: int, null: bool = False) -> float:
+    """Max abs difference between the plain and the collapsed velocity."""
+    keep = jnp.asarray(keep, jnp.int32)
+    b = keep.shape[0]
+    x, t = random_x_t(model, b, seed=int(keep.sum()))
+    codes = random_codes(model, b, seed=3)
+    null_cond = jnp.full((b,), null)
+    velocity = jax.jit(model.velocity, static_argnums=(6,))  # eager flax dispatch is slow
+    plain = velocity(params, x, t, codes, keep, null_cond, False)
+    fast = velocity(params, x, t, codes[:, :slots], keep, null_cond, True)
+    assert fast.shape == plain.shape
+    return max_err(fast, plain)
+
+
+def model_cases():
+    return ["tiny", "small"]
+
+
+@pytest.fixture
+def case(request, tiny, small):
+    return tiny if request.param == "tiny" else small
+
+
+@pytest.mark.parametrize("case", model_cases(), indirect=True)
+def test_tokenize_prefix(case):
+    model, params = case
+    n = model.config.n_registers
+    images = random_images(model, 2)
+    full = np.asarray(model.tokenize(params, images))
+    assert full.shape == (2, n) and len(np.unique(full)) > n // 2
+    for k in sorted({1, 2, 3, n // 2, n - 1, n}):
+        ids = np.asarray(model.tokenize(params, images, num_tokens=k))
+        np.testing.assert_array_equal(ids, full[:, :k])
+
+
+@pytest.mark.parametrize("case", model_cases(), indirect=True)
+def test_collapse_uniform_k(case):
+    model, params = case
+    n = model.config.n_registers
+    for k in sorted({1, 2, 5, n // 2, n - 1, n}):
+        # Exactly k rows, and the power-of-two bucket the sampler passes.
+        for slots in sorted({k, int(register_buckets(np.array([k]), n)[0])}):
+            err = check_collapse(model, params, [k, k], slots)
+            assert err <= COLLAPSE_TOL, (k, slots, err)
+
+
+@pytest.mark.parametrize("case", model_cases(), indirect=True)
+def test_collapse_mixed_k(case):
+    model, params = case
+    n = model.config.n_registers
+    keep = [1, n, 3, n // 2 + 1]
+    assert check_collapse(model, params, keep, n) <= COLLAPSE_TOL
+    assert check_collapse(model, params, [2, 3, 1], 4) <= COLLAPSE_TOL
+
+
+@pytest.mark.parametrize("case", model_cases(), indirect=True)
+def test_collapse_null_pass(case):
+    model, params = case
+    n = model.config.n_registers
+    # No code rows at all (as the sampler runs it), and rows that must all be ignored.
+    for slots in (0, 4, n):
+        assert check_collapse(model, params, [1, n], slots, null=True) <= COLLAPSE_TOL
+
+
+def test_collapse_parity_fixture(tiny, parity_io):
+    """The collapsed forward reproduces the official decoder outputs too."""
+    model, params = tiny
+    x = jnp.asarray(parity_io["dec_noised_latents"].transpose(0, 2, 3, 1))
+    t, keep = jnp.asarray(parity_io["dec_t"]), jnp.asarray(parity_io["dec_keep_k"])
+    codes = jnp.asarray(parity_io["fsq_codes"])
+    v = model.velocity(params, x, t, codes, keep, collapse=True)
+    assert max_err(v.transpose(0, 3, 1, 2), parity_io["dec_velocity"]) <= 1e-4
+    v0 = model.velocity(params, x, t, codes[:, :0], keep, jnp.ones((2,), bool), collapse=True)
+    assert max_err(v0.transpose(0, 3, 1, 2), parity_io["dec_velocity_null"]) <= 1e-4
+
+
+@pytest.mark.parametrize("case", model_cases(), indirect=True)
+@pytest.mark.parametrize("guidance,scale", [("cfg", 1.0), ("cfg", 3.0), ("apg", 3.0)])
+def test_shortcut_sampler_matches_plain(case, guidance, scale):
+    model, params = case
+    n = model.config.n_registers
+    keep = np.array([1, n, 3, n // 2 + 1, 3], np.int32)  # three buckets, out of order
+    tokens = np.asarray(model.tokenize(params, random_images(model, len(keep))))
+    kwargs = dict(keep_k=keep, num_steps=3, guidance_scale=scale, guidance=guidance, rng=jax.random.key(4))
+    fast = model.sample_latents(params, tokens, **kwargs)
+    plain = model.sample_latents(params, tokens, exact_shortcut=False, **kwargs)
+    assert fast.shape == plain.shape
+    assert max_err(fast, plain) <= SHORTCUT_TOL
+
+
+def test_shortcut_detokenize_matches_plain(tiny, parity_io):
+    model, params = tiny
+    tokens = parity_io["token_ids"]
+    kwargs = dict(keep_k=np.array([5, 16]), num_steps=4, guidance_scale=3.0,
+                  noise=parity_io["detok_noise"].transpose(0, 2, 3, 1))
+    fast = model.detokenize(params, tokens, **kwargs)
+    plain = model.detokenize(params, tokens, exact_shortcut=False, **kwargs)
+    assert max_err(fast, plain) <= SHORTCUT_TOL
+
+
+def test_fallback_without_posemb_before_dropout():
+    """With the posemb added after dropout the masked rows differ, so no collapse is possible."""
+    model = FlexTok(small_config(register_posemb_before_dropout=False))
+    params = random_params(model, seed=2)
+    x, t = random_x_t(model, 2)
+    codes = random_codes(model, 2)
+    with pytest.raises(ValueError, match="register_posemb_before_dropout"):
+        model.velocity(params, x, t, codes[:, :4], jnp.array([2, 4]), collapse=True)
+    tokens = np.asarray(model.tokenize(params, random_images(model, 2)))
+    kwargs = dict(keep_k=np.array([2, 40]), num_steps=2, guidance_scale=2.0, rng=jax.random.key(0))
+    fast = model.sample_latents(params, tokens, **kwargs)
+    plain = model.sample_latents(params, tokens, exact_shortcut=False, **kwargs)
+    np.testing.assert_array_equal(np.asarray(fast), np.asarray(plain))
+
+
+def test_register_buckets():
+    np.testing.assert_array_equal(register_buckets(np.array([1, 2, 3, 5, 64, 65, 256]), 100),
+                                  [1, 2, 4, 8, 64, 100, 100])
+
+
+def test_sampler_compiles_once_per_bucket(small):
+    """Same shapes, same bucket: the second call reuses the compiled program."""
+    model, params = small
+    tokens = np.zeros((2, 8), np.int32)
+    model.sample_latents(params, tokens, keep_k=np.array([5, 7]), num_steps=2)
+    before = model._sample_jit._cache_size()
+    model.sample_latents(params, tokens + 1, keep_k=np.array([6, 8]), num_steps=2)
+    assert model._sample_jit._cache_size() == before
