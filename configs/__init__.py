@@ -1,0 +1,1 @@
+"""ml-collections training configs; each file's docstring holds its launch command."""

@@ -1,0 +1,125 @@
+"""Shared defaults for the FlexTok training configs (imported by every ``configs/*.py``).
+
+Each section mirrors what ``flextok_jax.train`` reads; every field is overridable from the command
+line, e.g. ``--config.train.total_steps=1000``. Optional strings use typed placeholders so that
+``None`` defaults can still be overridden.
+"""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from flextok_jax.parallel import DEFAULT_RULES, MESH_AXES
+
+# FSQ levels of the released models: 8*8*8*5*5*5 = 64000 codes.
+RELEASED_FSQ = (8, 8, 8, 5, 5, 5)
+
+
+def transformer(depth: int, head_dim: int = 64, width_per_depth: int = 64) -> ml_collections.ConfigDict:
+    """One trunk with the released aspect ratio: width = 64 * depth."""
+    return ml_collections.ConfigDict(
+        {"dim": width_per_depth * depth, "depth": depth, "head_dim": head_dim, "mlp_ratio": 4.0}
+    )
+
+
+def released_model(encoder_depth: int, decoder_depth: int) -> ml_collections.ConfigDict:
+    """A released-size FlexTok at 256 px: standard 16-ch VAE (f=8), patch 2 -> 16x16 grid."""
+    return ml_collections.ConfigDict(
+        {
+            "encoder": transformer(encoder_depth),
+            "decoder": transformer(decoder_depth),
+            "n_registers": 256,
+            "fsq_levels": RELEASED_FSQ,
+            "latent_channels": 16,
+            "patch_size": (2, 2),
+            "patch_grid": (16, 16),
+            "vae": "standard",
+            # Must equal the scaling of the pretrained VAE in train.vae_from (its metadata).
+            "vae_scaling_factor": 0.88,
+            "vae_shift_factor": 0.0,
+            "max_timestep": 1.0,
+            "repa_layer": 1,
+        }
+    )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every section with defaults; the model section is filled in by each config file."""
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict()
+    # Computation dtype of the transformer ('float32' or 'bfloat16'); params stay float32.
+    c.dtype = "float32"
+
+    c.data = ml_collections.ConfigDict(
+        {
+            "source": "procedural",
+            "image_size": 256,
+            "num_images": 10_000,
+            "split": "train",
+            "folder": config_dict.placeholder(str),
+            "data_dir": config_dict.placeholder(str),
+            "name": config_dict.placeholder(str),
+            "seed": 0,
+            "worker_count": 0,
+            "random_crop": True,
+            "flip": True,
+        }
+    )
+
+    c.optimizer = ml_collections.ConfigDict(
+        {
+            "lr": 1e-4,
+            "end_lr_factor": 0.1,
+            "warmup_steps": 5_000,
+            "weight_decay": 0.05,
+            "b1": 0.9,
+            "b2": 0.99,
+            "eps": 1e-8,
+            "grad_clip": 1.0,
+            "ema_decay": 0.9999,
+        }
+    )
+
+    c.train = ml_collections.ConfigDict(
+        {
+            "global_batch_size": 512,
+            "total_steps": 1_000_000,
+            # Stop (with a checkpoint) after this step; the LR schedule still spans total_steps.
+            "stop_at_step": config_dict.placeholder(int),
+            "seed": 0,
+            # 'uniform': keep_k ~ U{1..n}; 'pow2': keep_k ~ U{1, 2, 4, ..., n}.
+            "nested_dropout": "pow2",
+            "guidance_dropout": 0.1,
+            "t_mean": 0.0,
+            "t_std": 1.0,
+            "repa_weight": 1.0,
+            # Name in flextok_jax.train.repa.TEACHERS, or None for no REPA loss.
+            "repa_teacher": config_dict.placeholder(str),
+            "repa_hidden": 2048,
+            # Official FlexTok .safetensors to fine-tune from (its VAE is kept frozen).
+            "init_from": config_dict.placeholder(str),
+            # Pretrained VAE weights for training from scratch: a diffusers AutoencoderKL
+            # .safetensors (prefix '') or an official FlexTok checkpoint (prefix 'vae.vae.').
+            "vae_from": config_dict.placeholder(str),
+            "vae_prefix": "",
+        }
+    )
+
+    c.mesh = ml_collections.ConfigDict({"shape": (-1, 1, 1), "axis_names": MESH_AXES})
+    c.sharding = ml_collections.ConfigDict({"rules": tuple(DEFAULT_RULES)})
+    c.checkpoint = ml_collections.ConfigDict({"every_steps": 5_000, "keep": 3, "async": True})
+    c.log = ml_collections.ConfigDict(
+        {"every_steps": 100, "grid_every_steps": 5_000, "grid_images": 4, "grid_sample_steps": 25, "progress": True}
+    )
+    return c
+
+
+def imagenet_data(image_size: int = 256) -> ml_collections.ConfigDict:
+    """ImageNet-1k train split from a prepared tfds ``imagenet2012`` (array_record)."""
+    d = base_config().data
+    d.source = "tfds"
+    d.name = "imagenet2012"
+    d.split = "train"
+    d.image_size = image_size
+    d.worker_count = 8
+    return d

@@ -1,0 +1,62 @@
+"""Reconstruction grids: originals, then decodings from the first k = 1, 2, 4, ... tokens."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from PIL import Image
+
+from flextok_jax import flow
+from flextok_jax.model.flextok import FlexTok
+from flextok_jax.model.fsq import fsq_quantize
+
+
+def token_budgets(n: int) -> list[int]:
+    """[1, 2, 4, ..., n] (n included even when it is not a power of two)."""
+    ks = [1 << i for i in range(n.bit_length()) if (1 << i) <= n]
+    return ks if ks[-1] == n else ks + [n]
+
+
+def make_reconstruct_fn(
+    model: FlexTok, mesh: Mesh, num_images: int, num_steps: int
+) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+    """Jitted ``(params, images [B>=num_images, H, W, 3], rng) -> [1 + len(ks), num_images, H, W, 3]``.
+
+    params: {'encoder', 'decoder'[, 'vae']}. Output is replicated so every process can read it.
+    Sampling uses no guidance; the same noise serves every k so columns differ only by tokens.
+    """
+    ks = token_budgets(model.config.n_registers)
+
+    def reconstruct(params: Any, images: jax.Array, rng: jax.Array) -> jax.Array:
+        images = images[:num_images]
+        x0 = model.encode_latents(params, images)
+        codes = fsq_quantize(model.encode_registers(params, x0), model.config.fsq_levels)
+        noise = jax.random.normal(rng, x0.shape, jnp.float32)
+        outs = [images.astype(jnp.float32)]
+        for k in ks:
+            keep = jnp.full((num_images,), k, jnp.int32)
+            fn = lambda x, t, _with_null, keep=keep: (model.velocity(params, x, t, codes, keep), None)
+            outs.append(model.decode_latents(params, flow.euler_sample(fn, noise, num_steps)))
+        return jnp.stack(outs)
+
+    return jax.jit(reconstruct, out_shardings=NamedSharding(mesh, P()))
+
+
+def grid_image(columns: np.ndarray) -> np.ndarray:
+    """[C, N, H, W, 3] floats in [-1, 1] -> uint8 [N*H, C*W, 3] (rows: images, columns: C)."""
+    c, n, h, w, _ = columns.shape
+    x = np.clip((np.asarray(columns, np.float32) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+    return x.transpose(1, 2, 0, 3, 4).reshape(n * h, c * w, 3)
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+def column_labels(n_registers: int) -> Sequence[str]:
+    return ["original"] + [f"k={k}" for k in token_budgets(n_registers)]

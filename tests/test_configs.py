@@ -1,0 +1,68 @@
+"""Every config in configs/ loads, accepts overrides and builds a valid FlexTokConfig."""
+from __future__ import annotations
+
+import importlib
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+from test_train_common import REPO
+
+from flextok_jax.model.config import FlexTokConfig, from_configdict
+from flextok_jax.model.flextok import FlexTok
+
+CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem not in ("__init__", "common"))
+SECTIONS = ("model", "data", "optimizer", "train", "mesh", "sharding", "checkpoint", "log")
+
+
+def _param_counts(config: FlexTokConfig) -> dict[str, int]:
+    shapes = jax.eval_shape(FlexTok(config).init, jax.random.key(0))
+    return {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v)) for k, v in shapes.items()}
+
+
+def test_all_configs_present():
+    assert {"flextok_d12_d12_in1k", "flextok_d18_d18_in1k", "flextok_d18_d28_in1k", "flextok_d18_d28_dfn",
+            "tiny_cpu"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_builds(name):
+    module = importlib.import_module(f"configs.{name}")
+    assert "python -m flextok_jax.main --config configs/" in module.__doc__
+    config = module.get_config()
+    for section in SECTIONS:
+        assert section in config, f"{name} lacks config.{section}"
+    model_config = from_configdict(config.model)
+    assert model_config.image_size == (config.data.image_size,) * 2
+    assert config.train.nested_dropout in ("uniform", "pow2")
+    counts = _param_counts(model_config)
+    assert counts["encoder"] > 0 and counts["decoder"] > 0
+
+
+def test_released_sizes():
+    config = importlib.import_module("configs.flextok_d12_d12_in1k").get_config()
+    counts = _param_counts(from_configdict(config.model))
+    total = counts["encoder"] + counts["decoder"]
+    assert 150e6 < total < 400e6, counts
+    d18_d28 = from_configdict(importlib.import_module("configs.flextok_d18_d28_in1k").get_config().model)
+    assert d18_d28.decoder.dim == 64 * 28 and d18_d28.encoder.dim == 64 * 18
+    assert d18_d28.n_registers == 256 and d18_d28.patch_grid == (16, 16) and d18_d28.vae_downsample == 8
+
+
+def test_command_line_overrides(monkeypatch):
+    argv = [
+        "prog", f"--config={REPO / 'configs' / 'tiny_cpu.py'}", "--config.train.total_steps=7",
+        "--config.mesh.shape=(2,2,2)", "--config.train.repa_teacher=pixel_patches",
+        "--config.train.stop_at_step=3", "--config.model.encoder.depth=1",
+    ]
+    # config_flags reads the override names from sys.argv when the flag is defined.
+    monkeypatch.setattr("sys.argv", argv)
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, flag_values=fv)
+    fv(argv)
+    c = fv.config
+    assert c.train.total_steps == 7 and tuple(c.mesh.shape) == (2, 2, 2)
+    assert c.train.repa_teacher == "pixel_patches" and c.train.stop_at_step == 3
+    assert from_configdict(c.model).encoder.depth == 1

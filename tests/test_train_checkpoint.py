@@ -1,0 +1,176 @@
+"""Checkpoints: exact resume (in-process and after SIGTERM), mesh change, NaN stop, skips, fine-tune."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from test_train_common import REPO, losses, small_config
+
+from flextok_jax import parallel
+from flextok_jax.checkpoint_official import load_official_checkpoint
+from flextok_jax.data import ProceduralImageSource
+from flextok_jax.train import (
+    Checkpointer,
+    TrainingDivergedError,
+    build,
+    load_exported,
+    load_params,
+    make_optimizer,
+    save_params,
+    state_shardings,
+    train,
+)
+
+
+def _restore(config, workdir, step=None):
+    setup = build(config)
+    tx, _ = make_optimizer(config.optimizer, config.train.total_steps)
+    mesh = parallel.make_mesh(tuple(config.mesh.shape))
+    abstract, _ = state_shardings(setup.model, tx, setup.hp, mesh, tuple(config.sharding.rules))
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        return ckpt.restore(abstract, step)
+    finally:
+        ckpt.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 12-step run: (workdir, per-step losses, final params)."""
+    workdir = tmp_path_factory.mktemp("reference")
+    config = small_config()
+    train(config, workdir)
+    state, _, _ = _restore(config, workdir)
+    return workdir, losses(workdir), jax.tree.map(np.asarray, state.params)
+
+
+def _assert_same_run(workdir, reference, rtol=0.0):
+    _, ref_losses, ref_params = reference
+    got = losses(workdir)
+    assert sorted(got) == sorted(ref_losses)
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [ref_losses[s] for s in sorted(got)], rtol=rtol)
+    state, _, _ = _restore(small_config(), workdir)
+    params = jax.tree.map(np.asarray, state.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * 1e-3), params, ref_params)
+
+
+def test_resume_is_exact(tmp_path, reference):
+    first = train(small_config(stop_at_step=5), tmp_path)
+    # stop_at_step saves at the stopping step even between checkpoint intervals.
+    assert first["step"] == 5
+    assert Checkpointer(tmp_path / "checkpoints").all_steps() == [3, 5]
+    _, data_state, meta = _restore(small_config(), tmp_path, 5)
+    assert meta["step"] == 5 and data_state is not None
+    train(small_config(), tmp_path)
+    _assert_same_run(tmp_path, reference)
+
+
+def test_resume_onto_another_mesh(tmp_path, reference):
+    config = small_config(stop_at_step=6)
+    config.mesh.shape = (8, 1, 1)
+    train(config, tmp_path)
+    config = small_config()
+    config.mesh.shape = (2, 2, 2)
+    train(config, tmp_path)
+    _assert_same_run(tmp_path, reference, rtol=2e-5)
+
+
+def test_sigterm_saves_and_resumes(tmp_path, reference):
+    args = [sys.executable, "-m", "flextok_jax.main", "--config", "configs/tiny_cpu.py", "--workdir", str(tmp_path),
+            "--config.train.total_steps=12", "--config.optimizer.warmup_steps=2", "--config.log.every_steps=1",
+            "--config.log.grid_every_steps=0", "--config.log.progress=False", "--config.checkpoint.every_steps=100",
+            "--config.checkpoint.keep=10",
+            # Slow the run down so the signal lands mid-run: one step takes >= 0.3 s of data loading.
+            "--config.data.num_images=2048"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    saved = Checkpointer(tmp_path / "checkpoints").all_steps()
+    assert len(saved) == 1 and 2 <= saved[0] < 12, (saved, out)
+    assert "'preempted': True" in out
+    train(small_config(), tmp_path)
+    _assert_same_run(tmp_path, reference)
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
+    config = small_config()
+    config.optimizer.lr = 1e30
+    config.optimizer.warmup_steps = 4
+    config.optimizer.grad_clip = 0.0
+    config.checkpoint.every_steps = 1
+    with pytest.raises(TrainingDivergedError, match="non-finite loss .* Last good checkpoint: step"):
+        train(config, tmp_path)
+    steps = Checkpointer(tmp_path / "checkpoints").all_steps()
+    assert steps and max(steps) < 12
+    state, _, meta = _restore(config, tmp_path)
+    assert meta["step"] == max(steps)
+    last_logged = max(losses(tmp_path))
+    # The saved state is the one before the first non-finite loss, and it is finite.
+    assert int(state.step) <= last_logged
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+
+
+class _CorruptEveryEighth:
+    """Procedural images, except that every eighth record holds undecodable bytes."""
+
+    def __init__(self):
+        self._source = ProceduralImageSource(32, 32)
+
+    def __len__(self):
+        return len(self._source)
+
+    def __getitem__(self, i):
+        return {"image": b"not an image", "label": 0} if i % 8 == 0 else self._source[i]
+
+
+def test_corrupt_images_are_counted(tmp_path):
+    result = train(small_config(total_steps=3), tmp_path, source=_CorruptEveryEighth())
+    # 3 batches of 16 cover the 32 records at least once: all 4 corrupt ones are skipped.
+    assert result["data/skipped"] >= 4
+    assert losses(tmp_path) and np.isfinite(result["loss"])
+
+
+def test_finetune_from_official_checkpoint(tmp_path, parity_dir):
+    path = parity_dir / "flextok_tiny.safetensors"
+    config = small_config(total_steps=2, init_from=str(path))
+    config.model.vae = {"block_out_channels": (16, 32, 32, 32), "layers_per_block": 1, "norm_num_groups": 8}
+    config.data.image_size = 64
+    config.train.global_batch_size = 8
+    official_model, official = load_official_checkpoint(path, build(config).model.config.vae)
+    result = train(config, tmp_path)
+    assert np.isfinite(result["loss"]) and result["step"] == 2
+    model, exported = load_exported(tmp_path / "export")
+    assert model.config.replace(repa_layer=None) == official_model.config.replace(repa_layer=None)
+    # The VAE is frozen: bit-identical after training; the encoder moved.
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, exported["vae"]), official["vae"])
+    enc_diff = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
+                                            exported["encoder"], official["encoder"]))
+    assert max(enc_diff) > 0
+    images = np.random.default_rng(0).uniform(-1, 1, (1, 64, 64, 3)).astype(np.float32)
+    assert model.tokenize(exported, images).shape == (1, model.config.n_registers)
+
+
+def test_save_load_params_roundtrip(tmp_path):
+    mesh = parallel.make_mesh((2, 2, 2))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp", "tensor"))
+    params = {"a": {"w": jax.device_put(np.arange(64.0, dtype=np.float32).reshape(8, 8), sharding)},
+              "b": np.ones((3,), np.float32)}
+    save_params(tmp_path / "p", params)
+    plain = load_params(tmp_path / "p")
+    np.testing.assert_array_equal(plain["a"]["w"], np.arange(64.0).reshape(8, 8))
+    other = jax.sharding.NamedSharding(parallel.make_mesh((8, 1, 1)), jax.sharding.PartitionSpec("data"))
+    resharded = load_params(tmp_path / "p", shardings={"a": {"w": other}, "b": other.update(spec=jax.sharding.PartitionSpec())})
+    assert resharded["a"]["w"].sharding == other
+    np.testing.assert_array_equal(resharded["b"], np.ones(3))

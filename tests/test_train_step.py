@@ -1,0 +1,86 @@
+"""The train step: identical on every mesh, nested-dropout budgets, the loss falls."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_train_common import small_config
+
+from flextok_jax import parallel
+from flextok_jax.train import build, create_train_state, make_optimizer, make_train_step, sample_keep_k, train
+from flextok_jax.train.grid import token_budgets
+
+
+def _one_step(config, mesh_shape, images):
+    setup = build(config)
+    tx, schedule = make_optimizer(config.optimizer, config.train.total_steps)
+    n = int(np.prod(mesh_shape))
+    mesh = parallel.make_mesh(mesh_shape, devices=jax.devices()[:n])
+    rules = tuple(config.sharding.rules)
+    state, shardings = create_train_state(setup.model, tx, setup.hp, mesh, rules, 0)
+    step = make_train_step(setup.model, tx, setup.hp, schedule, setup.teacher)
+    image_sharding = parallel.batch_sharding(mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        f = jax.jit(step, in_shardings=(shardings, {"image": image_sharding}), out_shardings=(shardings, None),
+                    donate_argnums=0)
+        state, metrics = f(state, {"image": jax.device_put(images, image_sharding)})
+    return jax.tree.map(np.asarray, state.params), {k: float(v) for k, v in metrics.items()}
+
+
+def test_train_step_same_on_every_mesh():
+    # REPA on, so the projector and teacher path are checked under sharding too.
+    config = small_config(repa_teacher="pixel_patches", repa_weight=0.5)
+    config.optimizer.warmup_steps = 0
+    # With eps=1e-8 Adam's first step is lr * sign(g) even where g is a rounding-level residue of
+    # cancelling terms (|g| ~ 1e-9, relative error ~1e-2 between meshes), so comparing parameters
+    # would compare rounding noise. eps=1e-6 keeps such entries' updates negligible.
+    config.optimizer.eps = 1e-6
+    images = np.random.default_rng(0).uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32)
+    ref_params, ref_metrics = _one_step(config, (1, 1, 1), images)
+    assert "loss_repa" in ref_metrics and np.isfinite(ref_metrics["loss"])
+    for shape in [(8, 1, 1), (2, 2, 2), (2, 1, 4)]:
+        params, metrics = _one_step(config, shape, images)
+        for k in ("loss", "loss_flow", "loss_repa", "grad_norm"):
+            np.testing.assert_allclose(metrics[k], ref_metrics[k], rtol=1e-5, err_msg=f"{k} on mesh {shape}")
+        for path, a, b in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(params),
+                              jax.tree.leaves(ref_params)):
+            # 1e-5 of each leaf's scale, plus 1e-4 of one update (zero-initialised leaves hold
+            # nothing but the update, whose gradient carries the meshes' rounding differences).
+            atol = 1e-5 * float(np.max(np.abs(b))) + 1e-4 * config.optimizer.lr
+            np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=f"{path[0]} on mesh {shape}")
+
+
+@pytest.mark.parametrize("n", [16, 256, 12])
+def test_nested_dropout_budgets(n):
+    k_uniform = np.asarray(sample_keep_k(jax.random.key(0), 4096, n, "uniform"))
+    assert k_uniform.min() == 1 and k_uniform.max() == n
+    k_pow2 = np.asarray(sample_keep_k(jax.random.key(1), 4096, n, "pow2"))
+    assert set(k_pow2.tolist()) == {k for k in token_budgets(n) if k & (k - 1) == 0}
+    with pytest.raises(ValueError):
+        sample_keep_k(jax.random.key(0), 4, n, "linear")
+
+
+def test_loss_falls_and_writes_grid(tmp_path):
+    config = small_config(total_steps=60)
+    config.optimizer.warmup_steps = 10
+    config.checkpoint.every_steps = 60
+    config.log.grid_every_steps = 60
+    config.log.grid_sample_steps = 2
+    result = train(config, tmp_path)
+    from test_train_common import losses
+
+    loss = losses(tmp_path)
+    first, last = np.mean([loss[s] for s in range(1, 6)]), np.mean([loss[s] for s in range(56, 61)])
+    assert last < 0.75 * first, (first, last)
+    assert result["step"] == 60 and not result["preempted"]
+    assert (tmp_path / "grids" / "step_00000060.png").exists()
+    # Training to total_steps exports the EMA weights for tokenize / detokenize.
+    from flextok_jax.train import load_exported
+
+    model, params = load_exported(tmp_path / "export")
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    tokens = model.tokenize(params, images)
+    assert tokens.shape == (2, 16)
+    assert model.detokenize(params, tokens, keep_k=4, num_steps=2).shape == (2, 32, 32, 3)
