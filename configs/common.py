@@ -111,6 +111,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.log = ml_collections.ConfigDict(
         {"every_steps": 100, "grid_every_steps": 5_000, "grid_images": 4, "grid_sample_steps": 25, "progress": True}
     )
+    # After a run reaches total_steps, main tokenizes held-out images and reconstructs them from
+    # k = 1, 2, 4, ... tokens (reconstructions.png, loss_curve.png, error per k).
+    c.eval = ml_collections.ConfigDict({"enabled": True, "num_images": 8, "num_steps": 25})
     return c
 
 

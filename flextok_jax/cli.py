@@ -49,18 +49,16 @@ def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
 
 def load_images(files: Sequence[pathlib.Path], size: int) -> Iterator[tuple[pathlib.Path, np.ndarray]]:
     """Yield (file, float32 [size, size, 3] in [-1, 1]); unreadable files are logged and skipped."""
-    from flextok_jax.data import transforms as T
     from flextok_jax.data.skips import is_skipped
+    from flextok_jax.data.transforms import prepare_eval_image
 
-    steps = [T.DecodeImage(), T.ResizeShorterSide(size), T.CenterCrop(size), T.ScaleToSymmetricRange()]
     for i, path in enumerate(files):
         try:
             record: Any = {"image": path.read_bytes(), "index": i, "file_name": str(path)}
         except OSError as e:
             log.warning("skipping %s: %s", path, e)
             continue
-        for step in steps:
-            record = step.map(record)
+        record = prepare_eval_image(record, size)
         if is_skipped(record):
             log.warning("skipping %s", record.describe())
             continue

@@ -1,7 +1,9 @@
 """Train FlexTok: ``python -m flextok_jax.main --config configs/tiny_cpu.py --workdir DIR``.
 
 Any config field can be overridden, e.g. ``--config.train.total_steps=1000``. Rerunning with the
-same workdir resumes from its newest checkpoint.
+same workdir resumes from its newest checkpoint. A run that reaches ``train.total_steps`` then
+tokenizes held-out images and writes WORKDIR/reconstructions.png, WORKDIR/loss_curve.png and the
+reconstruction error per number of tokens k (``flextok_jax.evaluate``).
 """
 from __future__ import annotations
 
@@ -29,6 +31,14 @@ def main(argv: list[str]) -> None:
         print(f"training stopped: {e}", file=sys.stderr)
         sys.exit(3)
     print({k: result[k] for k in ("step", "loss", "preempted") if k in result})
+    import jax
+
+    config = _CONFIG.value
+    if config.get("eval", {}).get("enabled", False) and not result["preempted"] and jax.process_index() == 0:
+        if result["step"] >= config.train.total_steps:
+            from flextok_jax.evaluate import evaluate_run
+
+            evaluate_run(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -12,17 +12,14 @@ import numpy as np
 import pytest
 from test_train_common import REPO, losses, small_config
 
-from flextok_jax import parallel
+from flextok_jax import load_model, parallel
 from flextok_jax.checkpoint_official import load_official_checkpoint
 from flextok_jax.data import ProceduralImageSource
 from flextok_jax.train import (
     Checkpointer,
     TrainingDivergedError,
     build,
-    load_exported,
-    load_params,
     make_optimizer,
-    save_params,
     state_shardings,
     train,
 )
@@ -151,7 +148,7 @@ def test_finetune_from_official_checkpoint(tmp_path, parity_dir):
     official_model, official = load_official_checkpoint(path, build(config).model.config.vae)
     result = train(config, tmp_path)
     assert np.isfinite(result["loss"]) and result["step"] == 2
-    model, exported = load_exported(tmp_path / "export")
+    model, exported = load_model(tmp_path / "export" / "flextok.safetensors")
     assert model.config.replace(repa_layer=None) == official_model.config.replace(repa_layer=None)
     # The VAE is frozen: bit-identical after training; the encoder moved.
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, exported["vae"]), official["vae"])
@@ -160,17 +157,3 @@ def test_finetune_from_official_checkpoint(tmp_path, parity_dir):
     assert max(enc_diff) > 0
     images = np.random.default_rng(0).uniform(-1, 1, (1, 64, 64, 3)).astype(np.float32)
     assert model.tokenize(exported, images).shape == (1, model.config.n_registers)
-
-
-def test_save_load_params_roundtrip(tmp_path):
-    mesh = parallel.make_mesh((2, 2, 2))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp", "tensor"))
-    params = {"a": {"w": jax.device_put(np.arange(64.0, dtype=np.float32).reshape(8, 8), sharding)},
-              "b": np.ones((3,), np.float32)}
-    save_params(tmp_path / "p", params)
-    plain = load_params(tmp_path / "p")
-    np.testing.assert_array_equal(plain["a"]["w"], np.arange(64.0).reshape(8, 8))
-    other = jax.sharding.NamedSharding(parallel.make_mesh((8, 1, 1)), jax.sharding.PartitionSpec("data"))
-    resharded = load_params(tmp_path / "p", shardings={"a": {"w": other}, "b": other.update(spec=jax.sharding.PartitionSpec())})
-    assert resharded["a"]["w"].sharding == other
-    np.testing.assert_array_equal(resharded["b"], np.ones(3))

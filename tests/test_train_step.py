@@ -77,9 +77,9 @@ def test_loss_falls_and_writes_grid(tmp_path):
     assert result["step"] == 60 and not result["preempted"]
     assert (tmp_path / "grids" / "step_00000060.png").exists()
     # Training to total_steps exports the EMA weights for tokenize / detokenize.
-    from flextok_jax.train import load_exported
+    from flextok_jax import load_model
 
-    model, params = load_exported(tmp_path / "export")
+    model, params = load_model(tmp_path / "export" / "flextok.safetensors")
     images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     tokens = model.tokenize(params, images)
     assert tokens.shape == (2, 16)

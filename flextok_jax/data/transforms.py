@@ -174,3 +174,13 @@ class ScaleToSymmetricRange(grain.transforms.Map):
             return record
         image = record["image"].astype(np.float32) * np.float32(1.0 / 127.5) - np.float32(1.0)
         return {**record, "image": image}
+
+
+def prepare_eval_image(record: Record, size: int) -> Record | SkippedRecord:
+    """One record through decode -> resize shorter side -> centre crop -> [-1, 1], outside grain.
+
+    For evaluation and the command-line tools; returns a ``SkippedRecord`` for unusable input.
+    """
+    for step in (DecodeImage(), ResizeShorterSide(size), CenterCrop(size), ScaleToSymmetricRange()):
+        record = step.map(record)
+    return record

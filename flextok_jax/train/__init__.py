@@ -1,7 +1,7 @@
 """FlexTok training: loss, sharded train state, checkpoints, logging and the train loop."""
 from flextok_jax.train.benchmark import benchmark_train_step
 from flextok_jax.train.build import Setup, build
-from flextok_jax.train.checkpoint import Checkpointer, export_ema_params, load_exported, load_params, save_params
+from flextok_jax.train.checkpoint import EXPORT_FILE, Checkpointer, export_ema_params
 from flextok_jax.train.loop import TrainingDivergedError, maybe_initialize_distributed, train
 from flextok_jax.train.optimizer import ema_update, learning_rate_schedule, make_optimizer
 from flextok_jax.train.repa import TEACHERS, register_teacher
@@ -11,6 +11,7 @@ from flextok_jax.train.step import LossConfig, loss_fn, make_train_step, sample_
 
 __all__ = [
     "Checkpointer",
+    "EXPORT_FILE",
     "LossConfig",
     "Setup",
     "TEACHERS",
@@ -22,15 +23,12 @@ __all__ = [
     "ema_update",
     "export_ema_params",
     "learning_rate_schedule",
-    "load_exported",
-    "load_params",
     "loss_fn",
     "make_optimizer",
     "make_train_step",
     "maybe_initialize_distributed",
     "register_teacher",
     "sample_keep_k",
-    "save_params",
     "state_shardings",
     "train",
 ]

@@ -1,4 +1,4 @@
-"""Checkpoints of the train state and the data iterator (orbax), and our own params format.
+"""Checkpoints of the train state and the data iterator (orbax), and the export of EMA weights.
 
 Layout under ``WORKDIR/checkpoints/<step>/``: ``state`` (the whole ``TrainState``, one sharded
 array checkpoint), ``data`` (each process's grain iterator state as JSON,
@@ -13,15 +13,11 @@ from typing import Any
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from flextok_jax.model.config import FlexTokConfig
-from flextok_jax.model.flextok import FlexTok
+from flextok_jax.params_io import save_params
 from flextok_jax.train.state import TrainState
-
-CONFIG_FILE = "flextok_config.json"
-
 
 class IteratorSnapshot:
     """A grain iterator's state, frozen at one step.
@@ -108,50 +104,23 @@ class Checkpointer:
         self.manager.close()
 
 
-# --------------------------------------------------------------------------- params format
-def save_params(path: str | os.PathLike, params: Any) -> None:
-    """Write a params pytree (possibly sharded over processes) as an orbax array checkpoint."""
-    path = os.path.abspath(os.fspath(path))
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path, params, force=True)
-        ckptr.wait_until_finished()
+# --------------------------------------------------------------------------- export
+EXPORT_FILE = "flextok.safetensors"
 
 
-def load_params(path: str | os.PathLike, target: Any = None, shardings: Any = None) -> Any:
-    """Read params written by ``save_params``.
+def export_ema_params(path: str | os.PathLike, state: TrainState, model_config: FlexTokConfig) -> str:
+    """Write the EMA weights (+ the frozen VAE) with the config as one ``params_io`` file.
 
-    ``target``: a pytree of arrays / ShapeDtypeStructs fixing structure, dtypes and (if they
-    carry one) shardings; ``shardings``: a pytree of shardings for the stored structure. With
-    neither, arrays land on the first local device as jax Arrays.
+    ``path`` is a folder; the file is ``path/flextok.safetensors``, readable by
+    ``flextok_jax.load_model`` and the command-line tools. Every process takes part in gathering
+    the (possibly sharded) arrays; process 0 writes. Returns the file's path.
     """
-    path = os.path.abspath(os.fspath(path))
-    with ocp.StandardCheckpointer() as ckptr:
-        if target is None:
-            meta = ckptr.metadata(path).item_metadata.tree
-            default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-            shard_tree = shardings if shardings is not None else jax.tree.map(lambda _: default, meta)
-            target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), meta, shard_tree)
-        elif shardings is not None:
-            target = jax.tree.map(lambda t, s: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=s), target, shardings)
-        return ckptr.restore(path, target)
+    from jax.experimental import multihost_utils
 
-
-def export_ema_params(path: str | os.PathLike, state: TrainState, model_config: FlexTokConfig) -> None:
-    """Write the EMA weights (+ the frozen VAE) and the architecture for ``load_exported``.
-
-    ``path/params`` holds {'encoder', 'decoder'[, 'vae']}; ``path/flextok_config.json`` the config.
-    """
-    path = os.path.abspath(os.fspath(path))
     params = {"encoder": state.ema_params["encoder"], "decoder": state.ema_params["decoder"], **state.frozen}
-    save_params(os.path.join(path, "params"), params)
+    host = multihost_utils.process_allgather(params, tiled=True) if jax.process_count() > 1 else jax.device_get(params)
+    target = os.path.join(os.fspath(path), EXPORT_FILE)
     if jax.process_index() == 0:
-        with open(os.path.join(path, CONFIG_FILE), "w") as f:
-            json.dump(model_config.to_dict(), f, indent=1)
-
-
-def load_exported(path: str | os.PathLike, dtype: Any = np.float32) -> tuple[FlexTok, Any]:
-    """(FlexTok model, params) from an ``export_ema_params`` folder, ready for tokenize/detokenize."""
-    path = os.path.abspath(os.fspath(path))
-    with open(os.path.join(path, CONFIG_FILE)) as f:
-        config = FlexTokConfig.from_dict(json.load(f))
-    return FlexTok(config, dtype=dtype), load_params(os.path.join(path, "params"))
+        os.makedirs(os.fspath(path), exist_ok=True)
+        save_params(target, host, model_config)
+    return target

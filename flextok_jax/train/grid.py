@@ -11,14 +11,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
 from flextok_jax import flow
+from flextok_jax.evaluate import grid_image, token_budgets  # noqa: F401 (re-exported)
 from flextok_jax.model.flextok import FlexTok
 from flextok_jax.model.fsq import fsq_quantize
-
-
-def token_budgets(n: int) -> list[int]:
-    """[1, 2, 4, ..., n] (n included even when it is not a power of two)."""
-    ks = [1 << i for i in range(n.bit_length()) if (1 << i) <= n]
-    return ks if ks[-1] == n else ks + [n]
 
 
 def make_reconstruct_fn(
@@ -44,13 +39,6 @@ def make_reconstruct_fn(
         return jnp.stack(outs)
 
     return jax.jit(reconstruct, out_shardings=NamedSharding(mesh, P()))
-
-
-def grid_image(columns: np.ndarray) -> np.ndarray:
-    """[C, N, H, W, 3] floats in [-1, 1] -> uint8 [N*H, C*W, 3] (rows: images, columns: C)."""
-    c, n, h, w, _ = columns.shape
-    x = np.clip((np.asarray(columns, np.float32) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
-    return x.transpose(1, 2, 0, 3, 4).reshape(n * h, c * w, 3)
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> None:

@@ -1,0 +1,172 @@
+"""Coarse-to-fine evaluation: reconstruct held-out images from their first k tokens, for each k.
+
+Used at the end of ``flextok_jax.main`` and by the Colab demo: it writes ``reconstructions.png``
+(rows: images; columns: the original, then k = 1, 2, 4, ... tokens) and ``loss_curve.png``, and
+returns the reconstruction error per k.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flextok_jax.model.flextok import FlexTok
+
+
+def token_budgets(n: int) -> list[int]:
+    """[1, 2, 4, ..., n] (n included even when it is not a power of two)."""
+    ks = [1 << i for i in range(n.bit_length()) if (1 << i) <= n]
+    return ks if ks[-1] == n else ks + [n]
+
+
+def reconstruct_by_k(
+    model: FlexTok,
+    params: Any,
+    images: np.ndarray,
+    ks: Sequence[int],
+    num_steps: int = 25,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """images [N, H, W, 3] -> reconstructions [len(ks), N, H, W, 3] from the first k tokens.
+
+    All k are decoded in one batch (per-image keep_k) with the same start noise for every k, so
+    columns differ only by how many tokens they were given.
+    """
+    n = images.shape[0]
+    tokens = np.asarray(model.tokenize(params, images))
+    noise = jax.random.normal(jax.random.key(seed), (n,) + model.latent_shape, jnp.float32)
+    out = model.detokenize(
+        params,
+        np.tile(tokens, (len(ks), 1)),
+        keep_k=np.repeat(np.asarray(ks, np.int32), n),
+        num_steps=num_steps,
+        guidance_scale=guidance_scale,
+        noise=jnp.tile(noise, (len(ks), 1, 1, 1)),
+    )
+    return np.asarray(out).reshape((len(ks),) + images.shape)
+
+
+def reconstruction_errors(images: np.ndarray, recon: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
+    """Mean squared error per k over images in [-1, 1] (recon clipped to that range)."""
+    diff = np.clip(recon, -1, 1) - images[None]
+    return {int(k): float(np.mean(np.square(diff[i]))) for i, k in enumerate(ks)}
+
+
+def grid_image(columns: np.ndarray) -> np.ndarray:
+    """[C, N, H, W, 3] floats in [-1, 1] -> uint8 [N*H, C*W, 3] (rows: images, columns: C)."""
+    c, n, h, w, _ = columns.shape
+    x = np.clip((np.asarray(columns, np.float32) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+    return x.transpose(1, 2, 0, 3, 4).reshape(n * h, c * w, 3)
+
+
+def save_reconstructions(path: str | os.PathLike, images: np.ndarray, recon: np.ndarray, ks: Sequence[int]) -> None:
+    """PNG grid with a header row naming each column ("original", "k=1", ...)."""
+    from PIL import Image, ImageDraw
+
+    grid = grid_image(np.concatenate([images[None], recon]))
+    h, w = images.shape[1:3]
+    header = 14
+    canvas = Image.new("RGB", (grid.shape[1], grid.shape[0] + header), "white")
+    canvas.paste(Image.fromarray(grid), (0, header))
+    draw = ImageDraw.Draw(canvas)
+    for i, label in enumerate(["orig"] + [f"k={k}" for k in ks]):
+        draw.text((i * w + 2, 1), label, fill="black")
+    scale = max(1, 256 // max(h, 1))  # small images are hard to see
+    if scale > 1:
+        canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.Resampling.NEAREST)
+    canvas.save(os.fspath(path))
+
+
+def save_loss_curve(metrics_jsonl: str | os.PathLike, path: str | os.PathLike, key: str = "loss") -> int:
+    """Plot ``key`` against step from a metrics JSON-lines file; returns the number of points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, values = [], []
+    with open(metrics_jsonl) as f:
+        for line in f:
+            row = json.loads(line)
+            if key in row and "step" in row:
+                steps.append(row["step"])
+                values.append(row[key])
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, values)
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path))
+    plt.close(fig)
+    return len(steps)
+
+
+def format_error_table(errors: dict[int, float]) -> str:
+    """A small text table: tokens k, MSE, PSNR (images in [-1, 1], peak-to-peak 2)."""
+    lines = ["tokens k |      MSE | PSNR dB", "---------|----------|--------"]
+    for k, mse in errors.items():
+        psnr = 10 * np.log10(4.0 / max(mse, 1e-12))
+        lines.append(f"{k:8d} | {mse:8.5f} | {psnr:6.2f}")
+    return "\n".join(lines)
+
+
+def held_out_images(data_config: Any, image_size: int, num_images: int) -> np.ndarray:
+    """float32 [N, S, S, 3] in [-1, 1] that training never saw: the test split of Fashion-MNIST,
+    or another seed of the procedural source (other sources: their 'test'/'validation' split)."""
+    import ml_collections
+
+    from flextok_jax.data import get_source
+    from flextok_jax.data.skips import is_skipped
+    from flextok_jax.data.transforms import prepare_eval_image
+
+    data = ml_collections.ConfigDict(data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config))
+    if data.source == "procedural":
+        data.seed = int(data.seed) + 1_000_003
+        data.num_images = num_images
+    elif data.source in ("fashion_mnist",):
+        data.split = "test"
+    elif data.source == "tfds":
+        data.split = "validation"
+    source = get_source(data)
+    out = []
+    for i in range(len(source)):
+        record = prepare_eval_image({**source[i], "index": i}, image_size)
+        if not is_skipped(record):
+            out.append(record["image"])
+        if len(out) == num_images:
+            break
+    return np.stack(out)
+
+
+def evaluate_run(config: Any, workdir: str | os.PathLike, print_table: bool = True) -> dict[int, float]:
+    """The end-of-run check of ``flextok_jax.main``: reconstruction error per k of held-out images.
+
+    Reads the exported EMA weights from WORKDIR/export, writes WORKDIR/reconstructions.png,
+    WORKDIR/loss_curve.png and WORKDIR/eval.json; returns {k: MSE}.
+    """
+    from flextok_jax.params_io import load_model
+    from flextok_jax.train.checkpoint import EXPORT_FILE
+
+    workdir = os.fspath(workdir)
+    model, params = load_model(os.path.join(workdir, "export", EXPORT_FILE))
+    images = held_out_images(config.data, model.config.image_size[0], int(config.eval.num_images))
+    ks = token_budgets(model.config.n_registers)
+    recon = reconstruct_by_k(model, params, images, ks, num_steps=int(config.eval.num_steps))
+    errors = reconstruction_errors(images, recon, ks)
+    save_reconstructions(os.path.join(workdir, "reconstructions.png"), images, recon, ks)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(metrics):
+        save_loss_curve(metrics, os.path.join(workdir, "loss_curve.png"))
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+        json.dump({"mse_per_k": {str(k): v for k, v in errors.items()}}, f, indent=1)
+    if print_table:
+        print(f"reconstruction error of {len(images)} held-out images ({int(config.eval.num_steps)} Euler steps):")
+        print(format_error_table(errors))
+    return errors
