@@ -4,9 +4,12 @@ Launch:
 
     python -m flextok_jax.main --config configs/tiny_cpu.py --workdir /tmp/flextok_tiny
 
-Expect: 32x32 procedural pictures, ~0.3M parameters, a few steps per second on 2 CPU cores. The
-flow loss starts near 1.3 and falls below ~0.5 within a few hundred steps; a reconstruction grid
-(originals, then k = 1, 2, 4, 8, 16 tokens) lands in WORKDIR/grids every log.grid_every_steps.
+Expect: 32x32 procedural pictures, ~0.3M parameters, about 15 steps/s on 2 CPU cores, so the
+3000 steps take about 3.5 minutes. The flow loss starts near 1.1 and falls to about 0.1; a
+reconstruction grid (originals, then k = 1, 2, 4, 8, 16 tokens) lands in WORKDIR/grids every
+log.grid_every_steps. At the end, 8 held-out pictures are reconstructed from their first k tokens
+(WORKDIR/reconstructions.png, WORKDIR/loss_curve.png) and the error per k is printed; measured:
+MSE 0.150 (k=1), 0.116 (2), 0.069 (4), 0.060 (8), 0.058 (16).
 Rerunning the command resumes from WORKDIR/checkpoints.
 """
 import ml_collections
@@ -40,16 +43,16 @@ def get_config():
     c.data.random_crop = False
     c.data.flip = True
     c.train.global_batch_size = 16
-    c.train.total_steps = 500
+    c.train.total_steps = 3_000
     c.train.nested_dropout = "pow2"
     c.train.repa_hidden = 64
     c.optimizer.lr = 1e-3
     c.optimizer.warmup_steps = 20
     c.optimizer.weight_decay = 0.0
     c.optimizer.ema_decay = 0.99
-    c.checkpoint.every_steps = 100
+    c.checkpoint.every_steps = 500
     c.checkpoint.keep = 2
     c.log.every_steps = 10
-    c.log.grid_every_steps = 250
+    c.log.grid_every_steps = 1_000
     c.log.grid_sample_steps = 10
     return c
