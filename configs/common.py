@@ -126,3 +126,17 @@ def imagenet_data(image_size: int = 256) -> ml_collections.ConfigDict:
     d.image_size = image_size
     d.worker_count = 8
     return d
+
+
+def released_recipe(encoder_depth: int, decoder_depth: int, total_steps: int = 200_000) -> ml_collections.ConfigDict:
+    """The ImageNet-256 training recipe of the released sizes (bf16 compute, batch 1024)."""
+    c = base_config()
+    c.model = released_model(encoder_depth=encoder_depth, decoder_depth=decoder_depth)
+    c.dtype = "bfloat16"
+    c.data = imagenet_data(256)
+    c.train.global_batch_size = 1024
+    c.train.total_steps = total_steps
+    c.optimizer.lr = 1e-4
+    c.optimizer.warmup_steps = 5_000
+    c.checkpoint.every_steps = 2_500
+    return c

@@ -15,13 +15,4 @@ from configs import common
 
 
 def get_config():
-    c = common.base_config()
-    c.model = common.released_model(encoder_depth=18, decoder_depth=18)
-    c.dtype = "bfloat16"
-    c.data = common.imagenet_data(256)
-    c.train.global_batch_size = 1024
-    c.train.total_steps = 200_000
-    c.optimizer.lr = 1e-4
-    c.optimizer.warmup_steps = 5_000
-    c.checkpoint.every_steps = 2_500
-    return c
+    return common.released_recipe(encoder_depth=18, decoder_depth=18)
