@@ -70,7 +70,9 @@ def test_fsq_random_inputs(parity_io):
 def test_time_embedding(tiny, parity_io):
     model, params = tiny
     t = jnp.asarray(parity_io["time_t"])
-    assert max_err(timestep_sinusoid(t, model.config.max_timestep), parity_io["time_freq"]) <= FORWARD_TOL
+    # The official float32 table is reproduced bit for bit up to cos/sin rounding (measured 6e-8);
+    # a frequency one ulp off would show as ~6e-5 here.
+    assert max_err(timestep_sinusoid(t, model.config.max_timestep), parity_io["time_freq"]) <= 1e-6
     from flextok_jax.model.decoder import TimestepEmbedder
 
     emb = TimestepEmbedder(model.config.decoder.dim, model.config.max_timestep).apply(
