@@ -116,12 +116,16 @@ def initialize_distributed() -> bool:
     - Explicit (``launch/local_multiprocess.sh``, any cluster): ``JAX_COORDINATOR_ADDRESS``,
       ``FLEXTOK_NUM_PROCESSES`` and ``FLEXTOK_PROCESS_ID`` (optionally ``FLEXTOK_LOCAL_DEVICE_IDS``).
     - SLURM with more than one task, and Cloud TPU pods: jax detects everything itself.
-    Single-process runs need nothing and return False.
+    Single-process runs need nothing and return False. Must run before JAX touches a device.
     """
     import os
 
     if jax.distributed.is_initialized():
         return True
+    # The default CPU client has no cross-process collectives; gloo takes effect only once a
+    # distributed client exists, so accelerator and single-process runs are unaffected.
+    if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     env = os.environ
     if "FLEXTOK_NUM_PROCESSES" in env:
         if "JAX_COORDINATOR_ADDRESS" not in env or "FLEXTOK_PROCESS_ID" not in env:

@@ -1,7 +1,8 @@
 """Benchmark model sizes and cheap random parameters.
 
-``FlexTok.init`` traces the whole VAE at full resolution (over a minute for d12 on 2 cores), so
-the benchmarks draw parameters directly from the abstract shapes instead.
+``FlexTok.init`` follows the training init, whose adaLN-zero gates and zero heads make whole
+branches vanish; the benchmarks draw every parameter at random from the abstract shapes instead,
+so they time (and the fast-inference tests compare) a model in which every path matters.
 """
 from __future__ import annotations
 

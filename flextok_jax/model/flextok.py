@@ -53,19 +53,22 @@ class FlexTok:
         return hh // f, ww // f, self.config.latent_channels
 
     def init_boxed(self, rng: jax.Array) -> Params:
-        """Random parameters, still wrapped in ``nn.LogicallyPartitioned`` boxes (for sharding)."""
+        """Random parameters, still wrapped in ``nn.LogicallyPartitioned`` boxes (for sharding).
+
+        No parameter's shape depends on the image size, so init traces a one-patch image: the
+        full-resolution VAE would cost over a minute of eager convolutions at the released size.
+        """
         r_vae, r_enc, r_dec = jax.random.split(rng, 3)
-        b = 1
-        hh, ww = self.config.image_size
-        h, w, c = self.latent_shape
-        latents = jnp.zeros((b, h, w, c))
-        codes = jnp.zeros((b, self.config.n_registers, self.config.code_dim))
+        cfg = self.config
+        f = cfg.vae_downsample
+        latents = jnp.zeros((1, *cfg.patch_size, cfg.latent_channels))
+        codes = jnp.zeros((1, 1, cfg.code_dim))
         params = {
             "encoder": self.encoder.init(r_enc, latents)["params"],
-            "decoder": self.decoder.init(r_dec, latents, jnp.ones((b,)), codes, jnp.full((b,), 1))["params"],
+            "decoder": self.decoder.init(r_dec, latents, jnp.ones((1,)), codes, jnp.ones((1,), jnp.int32))["params"],
         }
         if self.vae is not None:
-            params["vae"] = self.vae.init(r_vae, jnp.zeros((b, hh, ww, 3)))["params"]
+            params["vae"] = self.vae.init(r_vae, jnp.zeros((1, cfg.patch_size[0] * f, cfg.patch_size[1] * f, 3)))["params"]
         return params
 
     def init(self, rng: jax.Array) -> Params:

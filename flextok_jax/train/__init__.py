@@ -2,7 +2,7 @@
 from flextok_jax.train.benchmark import benchmark_train_step
 from flextok_jax.train.build import Setup, build
 from flextok_jax.train.checkpoint import EXPORT_FILE, Checkpointer, export_ema_params
-from flextok_jax.train.loop import TrainingDivergedError, maybe_initialize_distributed, train
+from flextok_jax.train.loop import TrainingDivergedError, train
 from flextok_jax.train.optimizer import ema_update, learning_rate_schedule, make_optimizer
 from flextok_jax.train.repa import TEACHERS, register_teacher
 from flextok_jax.train.sharding import create_train_state, state_shardings
@@ -26,7 +26,6 @@ __all__ = [
     "loss_fn",
     "make_optimizer",
     "make_train_step",
-    "maybe_initialize_distributed",
     "register_teacher",
     "sample_keep_k",
     "state_shardings",

@@ -30,18 +30,6 @@ class TrainingDivergedError(FloatingPointError):
     """The loss or gradient norm became NaN/inf; the run stopped without saving that state."""
 
 
-def maybe_initialize_distributed() -> bool:
-    """``parallel.initialize_distributed`` (env-driven), with gloo for cross-process CPU collectives.
-
-    The default CPU client has no cross-process collectives; gloo only takes effect when a
-    distributed client exists, so single-process runs are unaffected. Must run before JAX touches
-    a device. Returns whether this is a multi-process run.
-    """
-    if not jax.distributed.is_initialized() and jax.config.jax_cpu_collectives_implementation in (None, "none"):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    return parallel.initialize_distributed()
-
-
 class _StopFlag:
     """Set by SIGTERM (preemption); the loop checkpoints and returns at the next step boundary."""
 
@@ -83,7 +71,7 @@ def train(
     records). Returns the metrics of the last step, plus ``step`` and ``preempted``.
     Raises ``TrainingDivergedError`` on a non-finite loss, leaving the last good checkpoint.
     """
-    maybe_initialize_distributed()
+    parallel.initialize_distributed()
     workdir = os.path.abspath(os.fspath(workdir))
     cfg_t = config.train
     total_steps = int(cfg_t.total_steps)
