@@ -124,6 +124,26 @@ def test_collapse_null_pass(case):
         assert check_collapse(model, params, [1, n], slots, null=True) <= COLLAPSE_TOL
 
 
+@pytest.mark.parametrize("case", model_cases(), indirect=True)
+def test_packed_null_pass_matches_separate_passes(case):
+    """with_null: the conditional and null passes packed in one forward equal two forwards."""
+    model, params = case
+    n = model.config.n_registers
+    velocity = jax.jit(model.velocity, static_argnums=(6, 7))
+    for keep, slots in (([1, 1], 1), ([2, 3], 4), ([1, n, 5], n), ([n, n], n)):
+        keep = jnp.asarray(keep, jnp.int32)
+        b = keep.shape[0]
+        x, t = random_x_t(model, b, seed=slots)
+        codes = random_codes(model, b, seed=5)[:, :slots]
+        v_cond, v_null = velocity(params, x, t, codes, keep, None, True, True)
+        alone_cond = velocity(params, x, t, codes, keep, None, True, False)
+        alone_null = velocity(params, x, t, codes[:, :0], keep, jnp.ones((b,), bool), True, False)
+        assert max_err(v_cond, alone_cond) <= COLLAPSE_TOL, (keep, slots)
+        assert max_err(v_null, alone_null) <= COLLAPSE_TOL, (keep, slots)
+    with pytest.raises(ValueError, match="collapse"):
+        model.velocity(params, x, t, codes, keep, with_null=True)
+
+
 def test_collapse_parity_fixture(tiny, parity_io):
     """The collapsed forward reproduces the official decoder outputs too."""
     model, params = tiny
@@ -133,6 +153,9 @@ def test_collapse_parity_fixture(tiny, parity_io):
     v = model.velocity(params, x, t, codes, keep, collapse=True)
     assert max_err(v.transpose(0, 3, 1, 2), parity_io["dec_velocity"]) <= 1e-4
     v0 = model.velocity(params, x, t, codes[:, :0], keep, jnp.ones((2,), bool), collapse=True)
+    assert max_err(v0.transpose(0, 3, 1, 2), parity_io["dec_velocity_null"]) <= 1e-4
+    v, v0 = model.velocity(params, x, t, codes, keep, collapse=True, with_null=True)
+    assert max_err(v.transpose(0, 3, 1, 2), parity_io["dec_velocity"]) <= 1e-4
     assert max_err(v0.transpose(0, 3, 1, 2), parity_io["dec_velocity_null"]) <= 1e-4
 
 
@@ -188,3 +211,37 @@ def test_sampler_compiles_once_per_bucket(small):
     before = model._sample_jit._cache_size()
     model.sample_latents(params, tokens + 1, keep_k=np.array([6, 8]), num_steps=2)
     assert model._sample_jit._cache_size() == before
+
+
+def attention_reference(q, k, v, scale, mask, key_bias, spans):
+    """float64 numpy: each span's queries attend to its keys only."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    mask = np.broadcast_to(np.asarray(mask), (q.shape[0], q.shape[2], k.shape[1], k.shape[1]))
+    outs, off = [], 0
+    for qs, qn, ks, kn in spans:
+        logits = np.einsum("bqhd,bkhd->bhqk", q[:, off : off + qn], k[:, ks : ks + kn]) * scale
+        logits = logits + np.asarray(key_bias, np.float64)[:, None, None, ks : ks + kn]
+        logits = np.where(mask[:, :, qs : qs + qn, ks : ks + kn], logits, -np.inf)
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        outs.append(np.einsum("bhqk,bkhd->bqhd", p, v[:, ks : ks + kn]))
+        off += qn
+    return np.concatenate(outs, axis=1)
+
+
+def test_attention_spans_match_float64_reference():
+    """Packed sequences and query-row subsets, with a mask and a key bias (tolerance 1e-5)."""
+    from flextok_jax.model.layers import attention
+
+    b, n, h, dh = 2, 11, 3, 8
+    q_all, k, v = (jax.random.normal(jax.random.key(i), (b, n, h, dh)) for i in range(3))
+    bias = jax.random.normal(jax.random.key(3), (b, n))
+    mask = jnp.tril(jnp.ones((n, n), bool)) | (jnp.arange(n)[None, :] < 3)
+    for spans in (((0, n, 0, n),), ((0, 6, 0, 6), (6, 5, 6, 5)), ((0, 2, 0, 6), (6, 3, 6, 5)), ((4, 3, 0, 11),)):
+        q = jnp.concatenate([q_all[:, qs : qs + qn] for qs, qn, _, _ in spans], axis=1)
+        got = attention(q, k, v, 0.3, mask[None, None], bias, spans)
+        want = attention_reference(q, k, v, 0.3, mask[None, None], bias, spans)
+        assert got.shape == want.shape
+        assert max_err(got, want) <= 1e-5, spans
+    with pytest.raises(ValueError, match="rows"):
+        attention(q_all, k, v, 0.3, spans=((0, 4, 0, n),))

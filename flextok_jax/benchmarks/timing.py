@@ -58,7 +58,7 @@ def compiled_cost(fn: Callable, *args: Any) -> tuple[float, float]:
     """(XLA cost-analysis FLOPs, program MiB) of ``jax.jit(fn)`` on ``args``.
 
     XLA counts a while-loop body once, not times its trip count, so callers count loops
-    themselves (see ``runner.sampler_flops``).
+    themselves (see ``runner.run_detokenize``).
     """
     compiled = jax.jit(fn).lower(*args).compile()
     cost = compiled.cost_analysis()

@@ -75,6 +75,7 @@ class FlexTokDecoder(nn.Module):
         null_cond: jax.Array | None = None,
         collapse: bool = False,
         return_repa: bool = False,
+        with_null: bool = False,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """One decoder forward.
 
@@ -87,8 +88,14 @@ class FlexTokDecoder(nn.Module):
         for all of them, with log(count) added to its attention logit. The register sequence is
         then ``codes.shape[1] + 1`` long, so pass only the first max(keep_k) rows of the codes.
 
-        Returns the velocity [B, h, w, C] (float32), and with ``return_repa`` also the patch
-        hidden states after block ``config.repa_layer``, [B, h*w/4, D].
+        ``with_null=True`` (needs ``collapse``) also computes the null-condition pass of guidance
+        in the same forward: its tokens (the patches plus one null slot standing for all n
+        registers) are packed after the conditional ones, so every projection and MLP runs once
+        over both, and attention stays within each pass.
+
+        Returns the velocity [B, h, w, C] (float32); with ``with_null`` the pair (v_cond, v_null);
+        with ``return_repa`` also the patch hidden states after block ``config.repa_layer``,
+        [B, h*w/4, D].
         """
         cfg, tcfg = self.config, self.config.decoder
         b, h, w, _ = x_t.shape
@@ -98,41 +105,40 @@ class FlexTokDecoder(nn.Module):
             null_cond = jnp.zeros((b,), bool)
         keep_k = jnp.broadcast_to(jnp.asarray(keep_k, jnp.int32), (b,))
         grid = (h // cfg.patch_size[0], w // cfg.patch_size[1])
+        if with_null and not collapse:
+            raise ValueError("with_null=True packs the collapsed null pass; it needs collapse=True")
+        if with_null and return_repa:
+            raise ValueError("return_repa is for training forwards; it cannot be combined with with_null")
+        if collapse and not cfg.register_posemb_before_dropout:
+            raise ValueError("the collapsed decoder needs register_posemb_before_dropout=True")
 
         from_latents = dense(d, ("code", "embed"), name="from_latents", use_bias=True, dtype=self.dtype)
         register_posemb = self._embed_param("register_posemb", (n, d), ("registers", "embed"), 0.02)
         mask_token = self._embed_param("mask_token", (d,), ("embed",), 0.02)
         null_token = self._embed_param("null_cond", (d,), ("embed",), 0.02)
 
-        slots = codes.shape[1]
-        regs = from_latents(codes.astype(self.dtype))
-        if cfg.register_posemb_before_dropout:
-            regs = regs + register_posemb[:slots].astype(self.dtype)
-        rows = jnp.arange(slots)[None, :, None]
-        key_bias = None
-        if collapse:
-            # Real rows 0..keep_k-1, then one representative mask-token slot.
+        def registers(codes, null_cond):
+            """-> (register tokens [B, S, D], their key bias [B, S] or None)."""
+            slots = codes.shape[1]
+            regs = from_latents(codes.astype(self.dtype))
+            if cfg.register_posemb_before_dropout:
+                regs = regs + register_posemb[:slots].astype(self.dtype)
+            if not collapse:
+                rows = jnp.arange(slots)[None, :, None]
+                regs = jnp.where(rows >= keep_k[:, None, None], mask_token.astype(self.dtype), regs)
+                regs = jnp.where(null_cond[:, None, None], null_token.astype(self.dtype), regs)
+                if not cfg.register_posemb_before_dropout:
+                    regs = regs + register_posemb[:slots].astype(self.dtype)
+                return regs, None
+            # Real rows 0..keep_k-1, then one representative mask-token (or null) slot.
             count = jnp.where(null_cond, n, n - keep_k)
             n_real = jnp.where(null_cond, 0, keep_k)[:, None]
             regs = jnp.where(null_cond[:, None, None], null_token.astype(self.dtype), regs)
             rep = jnp.where(null_cond[:, None], null_token, mask_token).astype(self.dtype)
-            regs = jnp.concatenate([regs, rep[:, None, :]], axis=1)
-            slot_bias = jnp.where(
-                jnp.arange(slots)[None, :] < n_real, 0.0, -jnp.inf
-            )
+            slot_bias = jnp.where(jnp.arange(slots)[None, :] < n_real, 0.0, -jnp.inf)
             rep_bias = jnp.where(count > 0, jnp.log(jnp.maximum(count, 1).astype(jnp.float32)), -jnp.inf)
-            n_patches = grid[0] * grid[1]
-            key_bias = jnp.concatenate(
-                [jnp.zeros((b, n_patches)), slot_bias, rep_bias[:, None]], axis=1
-            ).astype(jnp.float32)
-            slots += 1
-        else:
-            regs = jnp.where(rows >= keep_k[:, None, None], mask_token.astype(self.dtype), regs)
-            regs = jnp.where(null_cond[:, None, None], null_token.astype(self.dtype), regs)
-        if not cfg.register_posemb_before_dropout:
-            if collapse:
-                raise ValueError("the collapsed decoder needs register_posemb_before_dropout=True")
-            regs = regs + register_posemb[:slots].astype(self.dtype)
+            bias = jnp.concatenate([jnp.broadcast_to(slot_bias, (b, slots)), rep_bias[:, None]], axis=1)
+            return jnp.concatenate([regs, rep[:, None, :]], axis=1), bias.astype(jnp.float32)
 
         patches = dense(d, ("patch", "embed"), name="patch_embed", use_bias=True, dtype=self.dtype)(
             patchify(x_t, cfg.patch_size).astype(self.dtype)
@@ -141,14 +147,30 @@ class FlexTokDecoder(nn.Module):
         patches = patches + posemb.reshape(1, -1, d).astype(self.dtype)
         n_patches = patches.shape[1]
 
+        regs, reg_bias = registers(codes, null_cond)
+        parts, lengths = [patches, regs], [n_patches, regs.shape[1]]
+        biases = None if reg_bias is None else [jnp.zeros((b, n_patches), jnp.float32), reg_bias]
+        if with_null:
+            null_regs, null_bias = registers(codes[:, :0], jnp.ones((b,), bool))
+            parts += [patches, null_regs]
+            lengths += [n_patches, null_regs.shape[1]]
+            biases += [jnp.zeros((b, n_patches), jnp.float32), null_bias]
+        x = jnp.concatenate(parts, axis=1)
+        key_bias = None if biases is None else jnp.concatenate(biases, axis=1)
+        # One attention span per pass; the last block computes only the patch rows, the only
+        # ones the head reads.
+        starts = np.cumsum([0] + lengths)
+        passes = [(int(starts[i]), lengths[i] + lengths[i + 1]) for i in range(0, len(lengths), 2)]
+        spans = tuple((s, ln, s, ln) for s, ln in passes)
+        last_spans = tuple((s, n_patches, s, ln) for s, ln in passes)
+        groups = (0, 1) * len(passes)
+
         temb = TimestepEmbedder(d, cfg.max_timestep, self.dtype, name="time_embed")(t)
-        x = jnp.concatenate([patches, regs], axis=1)
         x = nn.with_logical_constraint(x, ("batch", "seq", "embed"))
         repa = None
         for i in range(tcfg.depth):
-            x = AdaLNBlock(d, tcfg.head_dim, (n_patches, slots), tcfg.mlp_ratio, self.dtype, name=f"blocks_{i}")(
-                x, temb, None, key_bias
-            )
+            block = AdaLNBlock(d, tcfg.head_dim, tuple(lengths), tcfg.mlp_ratio, self.dtype, groups, name=f"blocks_{i}")
+            x = block(x, temb, None, key_bias, last_spans if i == tcfg.depth - 1 else spans)
             x = nn.with_logical_constraint(x, ("batch", "seq", "embed"))
             if i == cfg.repa_layer:
                 repa = x[:, :n_patches]
@@ -159,12 +181,15 @@ class FlexTokDecoder(nn.Module):
             2,
             axis=-1,
         )
-        out = layer_norm(x[:, :n_patches]) * (1 + scale[:, None]) + shift[:, None]
+        out = layer_norm(x) * (1 + scale[:, None]) + shift[:, None]  # x: the patch rows of each pass
         out = dense(cfg.patch_dim, ("embed", "patch"), name="head", use_bias=True, dtype=self.dtype,
                     kernel_init=nn.initializers.zeros_init())(out)
-        velocity = unpatchify(out, grid, cfg.patch_size).astype(jnp.float32)
+        velocity = [unpatchify(out[:, i * n_patches : (i + 1) * n_patches], grid, cfg.patch_size).astype(jnp.float32)
+                    for i in range(len(passes))]
+        if with_null:
+            return velocity[0], velocity[1]
         if return_repa:
             if repa is None:
                 raise ValueError("return_repa=True needs config.repa_layer to be set")
-            return velocity, repa.astype(jnp.float32)
-        return velocity
+            return velocity[0], repa.astype(jnp.float32)
+        return velocity[0]

@@ -53,11 +53,15 @@ class FlexTokEncoder(nn.Module):
 
         x = jnp.concatenate([patches, registers], axis=1)
         x = nn.with_logical_constraint(x, ("batch", "seq", "embed"))
-        mask = prefix_causal_mask(patches.shape[1], k)[None, None]
+        n_patches = patches.shape[1]
+        mask = prefix_causal_mask(n_patches, k)[None, None]
+        # The head reads only the registers, so the last block computes only their rows.
+        last_spans = ((n_patches, k, 0, n_patches + k),)
         for i in range(tcfg.depth):
-            x = Block(tcfg.dim, tcfg.head_dim, tcfg.mlp_ratio, self.dtype, name=f"blocks_{i}")(x, mask)
+            spans = last_spans if i == tcfg.depth - 1 else None
+            x = Block(tcfg.dim, tcfg.head_dim, tcfg.mlp_ratio, self.dtype, name=f"blocks_{i}")(x, mask, None, spans)
             x = nn.with_logical_constraint(x, ("batch", "seq", "embed"))
 
-        out = layer_norm(x[:, patches.shape[1] :])
+        out = layer_norm(x)
         z = dense(cfg.code_dim, ("embed", "code"), name="to_latents", use_bias=True, dtype=self.dtype)(out)
         return z.astype(jnp.float32)

@@ -107,9 +107,13 @@ class FlexTok:
         keep_k: jax.Array,
         null_cond: jax.Array | None = None,
         collapse: bool = False,
-    ) -> jax.Array:
-        """One decoder forward: the flow velocity [B, h, w, C] (see ``FlexTokDecoder``)."""
-        return self.decoder.apply({"params": params["decoder"]}, x_t, t, codes, keep_k, null_cond, collapse)
+        with_null: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """One decoder forward: the flow velocity [B, h, w, C], or with ``with_null`` the pair
+        (conditional, null-condition) from one packed forward (see ``FlexTokDecoder``)."""
+        return self.decoder.apply(
+            {"params": params["decoder"]}, x_t, t, codes, keep_k, null_cond, collapse, with_null=with_null
+        )
 
     # ------------------------------------------------------------------ checks
     def _check_images(self, images: Any) -> jax.Array:
@@ -264,14 +268,11 @@ class FlexTok:
 
         def velocity_fn(x, t, with_null):
             if collapse:
-                v_cond = self.velocity(params, x, t, codes, keep_k, collapse=True)
                 if not with_null:
-                    return v_cond, None
-                # The null pass keeps no code rows: patches plus one null slot standing for all n.
-                v_null = self.velocity(
-                    params, x, t, codes[:, :0], keep_k, jnp.ones((b,), bool), collapse=True
-                )
-                return v_cond, v_null
+                    return self.velocity(params, x, t, codes, keep_k, collapse=True), None
+                # Packed: the null pass (patches plus one null slot standing for all n registers)
+                # shares the conditional pass's projections and MLPs.
+                return self.velocity(params, x, t, codes, keep_k, collapse=True, with_null=True)
             if not with_null:
                 return self.velocity(params, x, t, codes, keep_k), None
             # Conditional and unconditional passes as one batched forward.

@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -51,21 +52,22 @@ def mlp_hidden_dim(dim: int, mlp_ratio: float = 4.0) -> int:
     return int(2 * mlp_ratio * dim / 3)
 
 
-def attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    scale: float,
-    mask: jax.Array | None = None,
-    key_bias: jax.Array | None = None,
-) -> jax.Array:
-    """Softmax attention. q, k, v: [B, N, H, Dh]; mask: bool broadcastable to [B, H, N, N]
-    (True = visible); key_bias: float [B, N] added to every query's logit. Returns [B, N, H, Dh].
+# (query start, query count, key start, key count): one independent attention problem inside a
+# token sequence. Several spans pack several sequences into one forward (block-diagonal
+# attention without computing the zero blocks); a query range shorter than its key range computes
+# only the rows a caller needs (the last block of a model whose head reads some rows only).
+Span = tuple[int, int, int, int]
 
-    Heads-major einsums: on XLA:CPU these run ~2x faster than ``jax.nn.dot_product_attention``
-    (whose [B, N, H, Dh] contractions get strided operands). Logits and softmax are float32
-    even for bf16 compute, since the key_bias log-counts and the row sums need the range.
-    """
+
+def take_rows(x: jax.Array, spans: Sequence[Span] | None) -> jax.Array:
+    """The query rows of ``spans``, concatenated in span order. [B, N, ...] -> [B, Nq, ...]."""
+    if spans is None:
+        return x
+    parts = [x[:, qs : qs + qn] for qs, qn, _, _ in spans]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+
+
+def _softmax_attention(q, k, v, scale, mask, key_bias):
     q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
     logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     if key_bias is not None:
@@ -75,6 +77,38 @@ def attention(
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3)
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    scale: float,
+    mask: jax.Array | None = None,
+    key_bias: jax.Array | None = None,
+    spans: Sequence[Span] | None = None,
+) -> jax.Array:
+    """Softmax attention. k, v: [B, N, H, Dh]; q: [B, Nq, H, Dh], the query rows of ``spans`` in
+    span order (all N rows when ``spans`` is None). mask: bool broadcastable to [B, H, N, N], in
+    full-sequence coordinates (True = visible); key_bias: float [B, N] added to every query's
+    logit. Returns [B, Nq, H, Dh].
+
+    Heads-major einsums: on XLA:CPU these run ~2x faster than ``jax.nn.dot_product_attention``
+    (whose [B, N, H, Dh] contractions get strided operands). Logits and softmax are float32
+    even for bf16 compute, since the key_bias log-counts and the row sums need the range.
+    """
+    n = k.shape[1]
+    if spans is None:
+        spans = ((0, n, 0, n),)
+    if sum(qn for _, qn, _, _ in spans) != q.shape[1]:
+        raise ValueError(f"q has {q.shape[1]} rows but the spans {spans} select {sum(s[1] for s in spans)}")
+    outs, off = [], 0
+    for qs, qn, ks, kn in spans:
+        m = None if mask is None else mask[..., qs : qs + qn, ks : ks + kn]
+        kb = None if key_bias is None else key_bias[:, ks : ks + kn]
+        outs.append(_softmax_attention(q[:, off : off + qn], k[:, ks : ks + kn], v[:, ks : ks + kn], scale, m, kb))
+        off += qn
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
 class Attention(nn.Module):
@@ -89,20 +123,26 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, mask: jax.Array | None = None, key_bias: jax.Array | None = None
+        self,
+        x: jax.Array,
+        mask: jax.Array | None = None,
+        key_bias: jax.Array | None = None,
+        spans: Sequence[Span] | None = None,
     ) -> jax.Array:
         """x: [B, N, D]; mask: bool, broadcastable to [B, heads, N, N] (True = visible);
-        key_bias: float [B, N] added to every query's logit for that key. Returns [B, N, D]."""
-        b, n, _ = x.shape
+        key_bias: float [B, N] added to every query's logit for that key; spans: see ``Span``.
+        Returns [B, Nq, D] for the query rows of ``spans`` (all N by default)."""
+        b = x.shape[0]
         heads = self.dim // self.head_dim
 
-        def project(name: str) -> jax.Array:
-            y = dense(self.dim, ("embed", "heads"), name=name, dtype=self.dtype)(x)
-            return y.reshape(b, n, heads, self.head_dim)
+        def project(name: str, rows: jax.Array) -> jax.Array:
+            y = dense(self.dim, ("embed", "heads"), name=name, dtype=self.dtype)(rows)
+            return y.reshape(b, rows.shape[1], heads, self.head_dim)
 
-        q, k, v = project("wq"), project("wk"), project("wv")
+        q, k, v = project("wq", take_rows(x, spans)), project("wk", x), project("wv", x)
         q, k = layer_norm(q), layer_norm(k)
-        out = attention(q, k, v, 8.0 / self.head_dim, mask, key_bias).reshape(b, n, self.dim)
+        out = attention(q, k, v, 8.0 / self.head_dim, mask, key_bias, spans)
+        out = out.reshape(b, q.shape[1], self.dim)
         return dense(self.dim, ("heads", "embed"), name="proj", dtype=self.dtype)(out)
 
 
@@ -131,28 +171,39 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, mask: jax.Array | None = None, key_bias: jax.Array | None = None
+        self,
+        x: jax.Array,
+        mask: jax.Array | None = None,
+        key_bias: jax.Array | None = None,
+        spans: Sequence[Span] | None = None,
     ) -> jax.Array:
-        """x: [B, N, D] -> [B, N, D]."""
-        x = x + Attention(self.dim, self.head_dim, self.dtype, name="attn")(
-            layer_norm(x), mask, key_bias
+        """x: [B, N, D] -> [B, Nq, D], the query rows of ``spans`` (all N by default)."""
+        x = take_rows(x, spans) + Attention(self.dim, self.head_dim, self.dtype, name="attn")(
+            layer_norm(x), mask, key_bias, spans
         )
         return x + SwiGLU(self.dim, mlp_hidden_dim(self.dim, self.mlp_ratio), self.dtype, name="mlp")(
             layer_norm(x)
         )
 
 
-def expand_segments(per_segment: jax.Array, lengths: Sequence[int]) -> jax.Array:
-    """[B, S, ...] values, one per sub-sequence -> [B, sum(lengths), ...], repeated per token."""
-    return jnp.repeat(per_segment, jnp.asarray(lengths), axis=1, total_repeat_length=sum(lengths))
+def expand_segments(
+    per_group: jax.Array, lengths: Sequence[int], groups: Sequence[int] | None = None
+) -> jax.Array:
+    """[B, G, ...] values, one per group -> [B, sum(lengths), ...]: segment s (``lengths[s]``
+    tokens) gets group ``groups[s]`` (default s)."""
+    if groups is not None:
+        per_group = per_group[:, np.asarray(groups)]
+    return jnp.repeat(per_group, np.asarray(lengths), axis=1, total_repeat_length=sum(lengths))
 
 
 class AdaLNBlock(nn.Module):
-    """Transformer block with adaLN-zero modulation, one set per sub-sequence.
+    """Transformer block with adaLN-zero modulation, one set per group of sub-sequences.
 
-    The modulation MLP maps silu(temb) to [S, 6, D] with chunks ordered
-    (gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp), group s modulating
-    the tokens of sub-sequence s (for FlexTok: s=0 patches, s=1 registers).
+    The modulation MLP maps silu(temb) to [G, 6, D] with chunks ordered
+    (gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp); sub-sequence s
+    (``segment_lengths[s]`` tokens) is modulated by group ``segment_groups[s]`` (default: s).
+    For FlexTok, group 0 modulates patches and group 1 registers; two packed passes are
+    segments (patches, registers, patches, registers) with groups (0, 1, 0, 1).
     """
 
     dim: int
@@ -160,6 +211,7 @@ class AdaLNBlock(nn.Module):
     segment_lengths: tuple[int, ...]
     mlp_ratio: float = 4.0
     dtype: Dtype = jnp.float32
+    segment_groups: tuple[int, ...] | None = None
 
     @nn.compact
     def __call__(
@@ -168,25 +220,27 @@ class AdaLNBlock(nn.Module):
         temb: jax.Array,
         mask: jax.Array | None = None,
         key_bias: jax.Array | None = None,
+        spans: Sequence[Span] | None = None,
     ) -> jax.Array:
-        """x: [B, N, D] with N = sum(segment_lengths); temb: [B, D]. Returns [B, N, D]."""
-        n_seg = len(self.segment_lengths)
+        """x: [B, N, D] with N = sum(segment_lengths); temb: [B, D]. Returns [B, Nq, D], the
+        query rows of ``spans`` (all N by default)."""
+        groups = self.segment_groups
+        n_groups = len(self.segment_lengths) if groups is None else max(groups) + 1
         mod = dense(
-            n_seg * 6 * self.dim,
+            n_groups * 6 * self.dim,
             ("embed", "adaln"),
             name="adaln",
             use_bias=True,
             dtype=self.dtype,
             kernel_init=nn.initializers.zeros_init(),
         )(nn.silu(temb))
-        mod = mod.reshape(mod.shape[0], n_seg, 6, self.dim)
-        mod = expand_segments(mod, self.segment_lengths)  # [B, N, 6, D]
-        gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp = (
-            mod[:, :, i] for i in range(6)
-        )
+        mod = mod.reshape(mod.shape[0], n_groups, 6, self.dim)
+        mod = expand_segments(mod, self.segment_lengths, groups)  # [B, N, 6, D]
+        shift_msa, scale_msa = mod[:, :, 2], mod[:, :, 3]
+        gate_msa, gate_mlp, _, _, shift_mlp, scale_mlp = (take_rows(mod[:, :, i], spans) for i in range(6))
         h = layer_norm(x) * (1 + scale_msa) + shift_msa
-        x = x + gate_msa * Attention(self.dim, self.head_dim, self.dtype, name="attn")(
-            h, mask, key_bias
+        x = take_rows(x, spans) + gate_msa * Attention(self.dim, self.head_dim, self.dtype, name="attn")(
+            h, mask, key_bias, spans
         )
         h = layer_norm(x) * (1 + scale_mlp) + shift_mlp
         mlp = SwiGLU(self.dim, mlp_hidden_dim(self.dim, self.mlp_ratio), self.dtype, name="mlp")
@@ -199,8 +253,6 @@ def sincos_posemb_2d(grid_h: int, grid_w: int, dim: int) -> jax.Array:
     w_k = 10000^(-k / (dim/4)), k < dim/4; the first half of the channels encodes the row.
     Computed in float64 and rounded once, as the official buffers are.
     """
-    import numpy as np
-
     if dim % 4:
         raise ValueError(f"sin-cos position embedding needs dim divisible by 4, got {dim}")
     omega = 1.0 / 10000.0 ** (np.arange(dim // 4, dtype=np.float64) / (dim // 4))
