@@ -39,7 +39,8 @@ def test_table_columns_and_positive_numbers(table):
     header, rows = parse_table(table)
     assert header == list(COLUMNS)
     whats = [r[0] for r in rows]
-    for name in ("matmul", "vae encode", "encoder", "tokenize", "decoder fwd", "vae decode", "detokenize"):
+    for name in ("matmul", "vae encode", "vae encode, direct convs", "encoder", "tokenize", "decoder fwd",
+                 "cfg step (cond+null packed)", "vae decode", "vae decode, direct convs", "detokenize"):
         assert any(name in w for w in whats), (name, whats)
     numeric = [c for c in COLUMNS if c not in ("what", "k", "dtype")]
     for row in rows:

@@ -20,6 +20,7 @@ from flextok_jax.benchmarks.timing import (
 )
 from flextok_jax.model.flextok import FlexTok, register_buckets
 from flextok_jax.model.fsq import ids_to_codes
+from flextok_jax.model.vae import AutoencoderKL
 
 GUIDANCE_SCALE = 7.5
 
@@ -55,6 +56,12 @@ class Bench:
         jitted = jax.jit(fn)
         return self.measure(what, k, lambda: jitted(*args), flops, mib)
 
+    def direct_conv_vae(self) -> AutoencoderKL | None:
+        """The model's VAE with plain (direct) 3x3 convs: same params, XLA's own convolution, so
+        its row shows the convolutions against the ceiling without Winograd's FLOP savings."""
+        cfg = self.model.config
+        return None if cfg.vae is None else AutoencoderKL(cfg.vae, self.dtype, conv_impl="direct")
+
     def tokens(self, k: int) -> np.ndarray:
         return np.asarray(self.model.tokenize(self.params, self.images, num_tokens=k))
 
@@ -64,6 +71,11 @@ def run_tokenize(bench: Bench, ks: list[int]) -> None:
     m, p = bench.model, bench.params
     lat = jax.jit(m.encode_latents)(p, bench.images)
     vae = bench.measure_jit("vae encode", "-", m.encode_latents, p, bench.images)
+    direct = bench.direct_conv_vae()
+    if direct is not None:
+        bench.measure_jit("vae encode, direct convs", "-",
+                          lambda p_, im: direct.apply({"params": p_["vae"]}, im, method=AutoencoderKL.encode)[0],
+                          p, bench.images)
     for k in ks:
         bench.measure_jit("encoder", k, lambda p_, x: m.encode_registers(p_, x, k), p, lat)
         flops, mib = compiled_cost(lambda p_, im: m._tokenize_jit(p_, im, k), p, bench.images)
@@ -87,6 +99,11 @@ def run_detokenize(bench: Bench, ks: list[int], steps: int) -> None:
     full = jnp.full((b,), n, jnp.int32)
     bench.measure_jit("decoder fwd, plain", n, lambda p_, x: m.velocity(p_, x, t, codes, full), p, bench.noise)
     vae = bench.measure_jit("vae decode", "-", m.decode_latents, p, bench.noise)
+    direct = bench.direct_conv_vae()
+    if direct is not None:
+        bench.measure_jit("vae decode, direct convs", "-",
+                          lambda p_, z: direct.apply({"params": p_["vae"]}, z, method=AutoencoderKL.decode),
+                          p, bench.noise)
     for k in ks:
         keep = jnp.full((b,), k, jnp.int32)
         s = int(register_buckets(np.array([k]), n)[0])
