@@ -245,3 +245,15 @@ def test_attention_spans_match_float64_reference():
         assert max_err(got, want) <= 1e-5, spans
     with pytest.raises(ValueError, match="rows"):
         attention(q_all, k, v, 0.3, spans=((0, 4, 0, n),))
+
+
+def test_row_groups_follow_segments_and_spans():
+    from flextok_jax.model.layers import row_groups
+
+    lengths, groups = (4, 3, 4, 1), (0, 1, 0, 1)
+    assert row_groups(lengths, groups) == ((4, 0), (3, 1), (4, 0), (1, 1))
+    assert row_groups((5, 2)) == ((5, 0), (2, 1))
+    # The packed decoder's last block: the patch rows of each pass.
+    assert row_groups(lengths, groups, ((0, 4, 0, 7), (7, 4, 7, 5))) == ((4, 0), (4, 0))
+    # A query range crossing a segment boundary splits into runs.
+    assert row_groups(lengths, groups, ((3, 3, 0, 12),)) == ((1, 0), (2, 1))
