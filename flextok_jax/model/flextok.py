@@ -212,7 +212,8 @@ class FlexTok:
 
         With ``exact_shortcut`` (and ``config.register_posemb_before_dropout``, as in the released
         models) the n - k masked registers are computed once (``FlexTokDecoder`` ``collapse``),
-        and the null pass of guidance runs on the patches plus one null slot. Images are grouped
+        and the null pass of guidance (the patches plus one null slot) is packed into the same
+        forward as the conditional pass (``with_null``). Images are grouped
         by the next power of two of their keep_k, so each group runs a register sequence of that
         length (and at most log2(n) + 1 programs get compiled); results come back in input order.
         """
