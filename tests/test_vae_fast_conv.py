@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flextok_jax.model.vae import AutoencoderKL, Conv3x3, VAEConfig
+from flextok_jax.model.vae import AutoencoderKL, Conv, VAEConfig
 from flextok_jax.model.winograd import WINOGRAD_MATRICES, winograd_conv3x3
 
 # Max |winograd - reference| / max |reference| in float32. F(2x2,3x3) only adds/subtracts
@@ -144,7 +144,7 @@ def test_param_tree_identical_across_impls():
 
 
 def test_conv3x3_module_axes():
-    v = Conv3x3(8).init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))["params"]
+    v = Conv(8, method="winograd").init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))["params"]
     assert v["kernel"].names == (None, None, "conv_in", "conv_out")
     assert v["bias"].names == ("conv_out",)
     assert v["kernel"].value.shape == (3, 3, 3, 8) and v["bias"].value.shape == (8,)
@@ -175,3 +175,14 @@ def test_vae_winograd_bfloat16(small_vars):
 def test_vae_rejects_unknown_impl(small_vars):
     with pytest.raises(ValueError, match="conv_impl"):
         AutoencoderKL(SMALL, conv_impl="fft").apply(small_vars, jnp.zeros((1, 8, 8, 3)))
+
+
+def test_conv_rejects_methods_that_do_not_fit():
+    x = jnp.zeros((1, 4, 4, 3))
+    for bad in (Conv(8, 3, 2, method="winograd"), Conv(8, 3, method="matmul"), Conv(8, method="fft")):
+        with pytest.raises(ValueError, match="method"):
+            bad.init(jax.random.key(0), x)
+    # The 1x1 matmul equals the direct 1x1 conv.
+    v = Conv(8, 1).init(jax.random.key(0), x)
+    xr = jax.random.normal(jax.random.key(1), (1, 4, 4, 3))
+    np.testing.assert_allclose(Conv(8, 1, method="matmul").apply(v, xr), Conv(8, 1).apply(v, xr), atol=1e-6)

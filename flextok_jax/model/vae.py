@@ -10,7 +10,7 @@ factor is deliberately not part of this module: FlexTok applies it itself.
 Parameters are always float32; ``dtype`` only selects the computation dtype.
 
 ``conv_impl`` selects how the 3x3 stride-1 convolutions (most of the FLOPs) are computed:
-"direct" uses ``lax.conv_general_dilated`` (flax ``nn.Conv``); "winograd" uses Winograd
+"direct" uses ``lax.conv_general_dilated``; "winograd" uses Winograd
 F(2x2,3x3) (``flextok_jax.model.winograd``), 2.25x fewer multiplies and equal to the direct
 conv up to float32 rounding, for the convs whose input width is at least
 ``winograd_min_channels`` (narrower ones keep the direct conv, which is faster there on CPU).
@@ -118,80 +118,67 @@ class VAEConfig:
 STANDARD_VAE = VAEConfig()
 
 
-def _conv(features: int, kernel: int, dtype: Dtype, name: str, strides: int = 1, padding: Any = None) -> nn.Conv:
-    if padding is None:
-        # torch pads k // 2 on every side; spelled out rather than 'SAME' so
-        # that no conv here depends on flax's stride-dependent SAME rule.
-        padding = ((kernel // 2, kernel // 2), (kernel // 2, kernel // 2))
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(strides, strides),
-        padding=padding,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), _CONV_AXES),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
-        name=name,
-    )
+CONV_METHODS = ("direct", "winograd", "matmul")
 
 
-def _conv_params(module: nn.Module, kernel_size: int, in_features: int, features: int) -> tuple[jax.Array, jax.Array]:
-    """``kernel`` [k,k,Cin,Cout] (HWIO) and ``bias`` [Cout], with ``_conv``'s initialisers and axis names."""
-    kernel = module.param(
-        "kernel",
-        nn.with_logical_partitioning(nn.initializers.lecun_normal(), _CONV_AXES),
-        (kernel_size, kernel_size, in_features, features),
-        jnp.float32,
-    )
-    bias = module.param(
-        "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)), (features,), jnp.float32
-    )
-    return kernel, bias
+class Conv(nn.Module):
+    """k x k conv, channels-last: [B,H,W,Cin] -> [B,H',W',features], params as ``nn.Conv``'s
+    (``kernel`` [k,k,Cin,features] HWIO, ``bias`` [features], float32, logical axis names).
 
-
-class Conv3x3(nn.Module):
-    """3x3 stride-1 pad-1 conv via Winograd F(2x2,3x3); params exactly as ``nn.Conv``'s.
-
-    [B,H,W,Cin] → [B,H,W,features].
+    ``method``: "direct" (``lax.conv_general_dilated``), "winograd" (3x3 stride-1 pad-1 only:
+    ``winograd_conv3x3``), "matmul" (1x1 only: XLA:CPU runs a 1x1 conv at about half the speed
+    of the same channel matmul). ``padding`` defaults to k // 2 on every side, as torch pads,
+    spelled out so that no conv depends on flax's stride-dependent 'SAME' rule.
+    Inputs and params are cast to ``dtype`` (Winograd's filter transform runs in float32 first).
     """
 
     features: int
+    kernel_size: int = 3
+    strides: int = 1
+    padding: Any = None
+    method: str = "direct"
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel, bias = _conv_params(self, 3, x.shape[-1], self.features)
-        # As nn.Conv: inputs and params are cast to the compute dtype. The filter transform
-        # is done in float32 before the cast.
-        y = winograd_conv3x3(x.astype(self.dtype), kernel, None)
-        return y.astype(self.dtype) + bias.astype(self.dtype)
-
-
-class Conv1x1(nn.Module):
-    """1x1 conv as a matmul over channels; params exactly as ``nn.Conv``'s. [B,H,W,Cin] → [B,H,W,features].
-
-    XLA:CPU runs a 1x1 ``conv_general_dilated`` at about half the speed of the same matmul.
-    """
-
-    features: int
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel, bias = _conv_params(self, 1, x.shape[-1], self.features)
-        y = jnp.einsum("...c,co->...o", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+        k = self.kernel_size
+        if self.method not in CONV_METHODS:
+            raise ValueError(f"Conv method must be one of {CONV_METHODS}, got {self.method!r}")
+        if (self.method == "winograd" and (k, self.strides, self.padding) != (3, 1, None)) or (
+            self.method == "matmul" and (k, self.strides) != (1, 1)
+        ):
+            raise ValueError(f"method {self.method!r} does not support a {k}x{k} stride-{self.strides} conv")
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(nn.initializers.lecun_normal(), _CONV_AXES),
+            (k, k, x.shape[-1], self.features),
+            jnp.float32,
+        )
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)), (self.features,),
+            jnp.float32,
+        )
+        x = x.astype(self.dtype)
+        if self.method == "winograd":
+            y = winograd_conv3x3(x, kernel, None).astype(self.dtype)
+        elif self.method == "matmul":
+            y = jnp.einsum("...c,co->...o", x, kernel[0, 0].astype(self.dtype))
+        else:
+            pad = self.padding if self.padding is not None else ((k // 2, k // 2), (k // 2, k // 2))
+            y = jax.lax.conv_general_dilated(
+                x, kernel.astype(self.dtype), (self.strides, self.strides), pad,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
         return y + bias.astype(self.dtype)
 
 
-def _conv3(features: int, in_features: int, dtype: Dtype, name: str, impl: str, min_channels: int) -> nn.Module:
+def _conv3(features: int, in_features: int, dtype: Dtype, name: str, impl: str, min_channels: int) -> Conv:
     """A 3x3 stride-1 'same' conv, Winograd or direct according to ``impl`` and the input width
     (the tile matmuls contract over it; at 128 XLA's direct conv is faster)."""
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
-    if impl == "winograd" and in_features >= min_channels:
-        return Conv3x3(features, dtype, name=name)
-    return _conv(features, 3, dtype, name)
+    method = "winograd" if impl == "winograd" and in_features >= min_channels else "direct"
+    return Conv(features, method=method, dtype=dtype, name=name)
 
 
 def _group_norm(groups: int, dtype: Dtype, name: str) -> nn.GroupNorm:
@@ -226,7 +213,7 @@ class ResnetBlock(nn.Module):
         h = nn.silu(_group_norm(self.groups, self.dtype, "norm2")(h))
         h = _conv3(c, c, self.dtype, "conv2", ci, mc)(h)
         if x.shape[-1] != self.out_channels:
-            x = Conv1x1(self.out_channels, self.dtype, name="conv_shortcut")(x)
+            x = Conv(self.out_channels, 1, method="matmul", dtype=self.dtype, name="conv_shortcut")(x)
         return x + h
 
 
@@ -289,7 +276,7 @@ class Downsample(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         # Asymmetric padding is what makes the output grid line up with the
         # torch checkpoint; symmetric 'SAME' would shift it by half a pixel.
-        return _conv(self.channels, 3, self.dtype, "conv", strides=2, padding=((0, 1), (0, 1)))(x)
+        return Conv(self.channels, 3, 2, ((0, 1), (0, 1)), dtype=self.dtype, name="conv")(x)
 
 
 class Upsample(nn.Module):
@@ -410,8 +397,8 @@ class AutoencoderKL(nn.Module):
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
         kw = dict(conv_impl=self.conv_impl, winograd_min_channels=self.winograd_min_channels)
         self.encoder = Encoder(cfg, self.dtype, **kw)
-        self.quant_conv = Conv1x1(2 * cfg.latent_channels, self.dtype, name="quant_conv")
-        self.post_quant_conv = Conv1x1(cfg.latent_channels, self.dtype, name="post_quant_conv")
+        self.quant_conv = Conv(2 * cfg.latent_channels, 1, method="matmul", dtype=self.dtype, name="quant_conv")
+        self.post_quant_conv = Conv(cfg.latent_channels, 1, method="matmul", dtype=self.dtype, name="post_quant_conv")
         self.decoder = Decoder(cfg, self.dtype, **kw)
 
     def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
