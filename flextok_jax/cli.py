@@ -20,7 +20,6 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 log = logging.getLogger("flextok_jax.cli")
 
 
@@ -40,11 +39,12 @@ def load_checkpoint(path: str | os.PathLike, vae_config: str | None = None, dtyp
 
 
 def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
-    """Image files under ``folder`` (recursively), sorted for a stable order."""
-    folder = pathlib.Path(folder)
-    if not folder.is_dir():
+    """Image files under ``folder`` (recursively, hidden ones left out), sorted for a stable order."""
+    from flextok_jax.data.image_folder import image_files
+
+    if not pathlib.Path(folder).is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return image_files(folder)
 
 
 def load_images(files: Sequence[pathlib.Path], size: int) -> Iterator[tuple[pathlib.Path, np.ndarray]]:
@@ -112,7 +112,9 @@ def tokenize_folder(model, params, folder: str, out: str, batch_size: int = 8, n
 
     files = list_images(folder)
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+        from flextok_jax.data.image_folder import IMAGE_EXTENSIONS
+
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
     size = model.config.image_size[0]
     names, ids = [], []
     with tqdm(total=len(files), unit="img", desc="tokenize") as bar:

@@ -25,30 +25,29 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 _PASSTHROUGH_FORMATS = frozenset({"JPEG", "PNG"})
 
 
+def image_files(folder: str | os.PathLike, recursive: bool = True) -> list[pathlib.Path]:
+    """Image files (by extension, ``IMAGE_EXTENSIONS``) in ``folder``, sorted; hidden files and
+    folders (``.ipynb_checkpoints``, ``._*`` resource forks, ...) are left out."""
+    folder = pathlib.Path(folder)
+    return sorted(
+        p
+        for p in (folder.rglob("*") if recursive else folder.iterdir())
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
 def _list_images(folder: pathlib.Path) -> tuple[list[str], list[tuple[pathlib.Path, int]]]:
     """Returns (class names, [(file, label)]); classes are the sorted subfolders.
 
     A flat folder (no subfolder holding images) is a single class named after it.
     """
-    def visible(p: pathlib.Path) -> bool:
-        # Skip .ipynb_checkpoints, ._* resource forks and the like.
-        return not any(part.startswith(".") for part in p.relative_to(folder).parts)
-
-    def images_in(d: pathlib.Path) -> list[pathlib.Path]:
-        return sorted(
-            p
-            for p in d.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and visible(p)
-        )
-
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and visible(p))
-    per_class = [(d.name, images_in(d)) for d in subdirs]
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    per_class = [(d.name, image_files(d)) for d in subdirs]
     per_class = [(name, files) for name, files in per_class if files]
     if per_class:
-        loose = [
-            p for p in folder.iterdir()
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and visible(p)
-        ]
+        loose = image_files(folder, recursive=False)
         if loose:
             logger.warning(
                 "%s has class subfolders; ignoring %d image(s) directly inside it, e.g. %s",
@@ -56,7 +55,7 @@ def _list_images(folder: pathlib.Path) -> tuple[list[str], list[tuple[pathlib.Pa
             )
         names = [name for name, _ in per_class]
         return names, [(p, label) for label, (_, files) in enumerate(per_class) for p in files]
-    files = images_in(folder)
+    files = image_files(folder)
     return [folder.name or "images"], [(p, 0) for p in files]
 
 
