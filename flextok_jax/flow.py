@@ -47,6 +47,11 @@ def apg_direction(
     return d - parallel * u, running
 
 
+def cfg_velocity(v_cond: jax.Array, v_null: jax.Array, guidance_scale: jax.Array | float) -> jax.Array:
+    """Classifier-free guidance: v_null + w (v_cond - v_null)."""
+    return v_null + guidance_scale * (v_cond - v_null)
+
+
 def euler_sample(
     velocity_fn: VelocityFn,
     noise: jax.Array,
@@ -75,7 +80,7 @@ def euler_sample(
         if not use_guidance:
             v = v_cond
         elif guidance == "cfg":
-            v = v_null + w * (v_cond - v_null)
+            v = cfg_velocity(v_cond, v_null, w)
         else:
             d_orth, running = apg_direction(v_cond, v_null, running)
             v = v_cond + (w - 1.0) * d_orth

@@ -6,7 +6,7 @@ of a linen ``params`` collection); ``FlexTok`` holds only the architecture and j
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
