@@ -104,6 +104,35 @@ def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules: Sequence[tuple[
     return params, shardings
 
 
+class MeshJit:
+    """``jax.jit(fn, **jit_kwargs)`` that always traces with ``mesh`` set and the logical ``rules``
+    active, wherever it is called from.
+
+    ``nn.with_logical_constraint`` inside a model is a no-op unless both are in effect when jit
+    traces (which is at the first call, not where ``jax.jit`` was written), so calls and
+    ``lower`` enter the mesh here and the rules are entered inside the traced function.
+    """
+
+    def __init__(self, fn: Callable[..., Any], mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES,
+                 **jit_kwargs: Any) -> None:
+        rules = tuple(tuple(r) for r in rules)
+
+        def with_rules(*args: Any) -> Any:
+            with nn.logical_axis_rules(rules):
+                return fn(*args)
+
+        self.mesh = mesh
+        self._jitted = jax.jit(with_rules, **jit_kwargs)
+
+    def __call__(self, *args: Any) -> Any:
+        with jax.set_mesh(self.mesh):
+            return self._jitted(*args)
+
+    def lower(self, *args: Any) -> Any:
+        with jax.set_mesh(self.mesh):
+            return self._jitted.lower(*args)
+
+
 def shard_params(params: Any, logical_specs: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
     """Place a plain params pytree (e.g. loaded from disk) onto ``mesh`` by the logical rules."""
     shardings = fit_to_shapes(logical_to_shardings(logical_specs, mesh, rules), params)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_train_common import small_config
@@ -11,6 +10,7 @@ from test_train_common import small_config
 from flextok_jax import parallel
 from flextok_jax.train import build, create_train_state, make_optimizer, make_train_step, sample_keep_k, train
 from flextok_jax.train.grid import token_budgets
+from flextok_jax.train.sharding import jit_train_step
 
 
 def _one_step(config, mesh_shape, images):
@@ -22,10 +22,8 @@ def _one_step(config, mesh_shape, images):
     state, shardings = create_train_state(setup.model, tx, setup.hp, mesh, rules, 0)
     step = make_train_step(setup.model, tx, setup.hp, schedule, setup.teacher)
     image_sharding = parallel.batch_sharding(mesh)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        f = jax.jit(step, in_shardings=(shardings, {"image": image_sharding}), out_shardings=(shardings, None),
-                    donate_argnums=0)
-        state, metrics = f(state, {"image": jax.device_put(images, image_sharding)})
+    f = jit_train_step(step, mesh, rules, shardings)  # the loop's own jit
+    state, metrics = f(state, {"image": jax.device_put(images, image_sharding)})
     return jax.tree.map(np.asarray, state.params), {k: float(v) for k, v in metrics.items()}
 
 
@@ -84,3 +82,23 @@ def test_loss_falls_and_writes_grid(tmp_path):
     tokens = model.tokenize(params, images)
     assert tokens.shape == (2, 16)
     assert model.detokenize(params, tokens, keep_k=4, num_steps=2).shape == (2, 32, 32, 3)
+
+
+def test_train_step_keeps_the_models_sharding_constraints():
+    """jit_train_step traces with the mesh and rules in effect wherever it is first called, so the
+    model's nn.with_logical_constraint annotations reach the compiled program."""
+    config = small_config()
+    setup = build(config)
+    tx, schedule = make_optimizer(config.optimizer, config.train.total_steps)
+    mesh = parallel.make_mesh((2, 2, 2))
+    rules = tuple(config.sharding.rules)
+    state, shardings = create_train_state(setup.model, tx, setup.hp, mesh, rules, 0)
+    step = jit_train_step(make_train_step(setup.model, tx, setup.hp, schedule, setup.teacher), mesh, rules, shardings)
+    images = jax.device_put(np.zeros((8, 32, 32, 3), np.float32), parallel.batch_sharding(mesh))
+    hlo = step.lower(state, {"image": images}).as_text()  # outside any mesh / rules context
+    constraints = hlo.count("sharding_constraint")
+    assert constraints >= 2 * config.model.decoder.depth, constraints
+    # Without the rules at trace time the same step loses them (what the loop used to compile).
+    bare = jax.jit(make_train_step(setup.model, tx, setup.hp, schedule, setup.teacher))
+    with jax.set_mesh(mesh):
+        assert bare.lower(state, {"image": images}).as_text().count("sharding_constraint") == 0

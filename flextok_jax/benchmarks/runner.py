@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flextok_jax import flow
 from flextok_jax.benchmarks.models import model_config, random_params
 from flextok_jax.benchmarks.timing import (
     CEILING_N,
@@ -86,7 +87,7 @@ def run_tokenize(bench: Bench, ks: list[int]) -> None:
 def guided_step(m: FlexTok, p: Any, x: jax.Array, t: jax.Array, codes: jax.Array, keep: jax.Array) -> jax.Array:
     """One collapsed CFG velocity, both passes packed in one forward: the sampler loop's body."""
     v_cond, v_null = m.velocity(p, x, t, codes, keep, collapse=True, with_null=True)
-    return v_null + GUIDANCE_SCALE * (v_cond - v_null)
+    return flow.cfg_velocity(v_cond, v_null, GUIDANCE_SCALE)
 
 
 def run_detokenize(bench: Bench, ks: list[int], steps: int) -> None:
@@ -125,14 +126,13 @@ TRAIN_CONFIGS = {"tiny": "configs.tiny_cpu", "d12": "configs.flextok_d12_d12_in1
 
 
 def run_train(bench_size: str, batch: int, dtype: str, ceilings: dict[str, float]) -> tuple[list[Row], str]:
-    """One train step via ``flextok_jax.train.benchmark_train_step`` (written with the trainer).
+    """One train step of the size's config via ``flextok_jax.train.benchmark_train_step``.
 
-    Returns (rows, note); the note says why there are no rows when the trainer is missing.
+    Returns (rows, note); the note says why there are no rows when the config module (under the
+    repository's ``configs/``) cannot be imported.
     """
-    try:
-        from flextok_jax.train import benchmark_train_step
-    except ImportError as e:
-        return [], f"train: flextok_jax.train.benchmark_train_step is not available ({e})"
+    from flextok_jax.train import benchmark_train_step  # the trainer pulls in grain, orbax, tfds
+
     try:
         config = importlib.import_module(TRAIN_CONFIGS[bench_size]).get_config()
     except ImportError as e:
@@ -140,7 +140,7 @@ def run_train(bench_size: str, batch: int, dtype: str, ceilings: dict[str, float
     config.train.global_batch_size = batch
     config.mesh.shape = (-1, 1, 1)
     before = matmul_ceiling(jnp.float32, repeats=3)
-    out = benchmark_train_step(config, steps=3, warmup=1)
+    out = benchmark_train_step(config, steps=3)
     ceiling = max(before, matmul_ceiling(jnp.float32, repeats=3), ceilings["float32"])
     row = Row(f"{bench_size} train step ({TRAIN_CONFIGS[bench_size]})", batch, "-", "float32", out["step_s"],
               out["flops_per_step"], ceiling, float("nan"), peak_rss_mib())

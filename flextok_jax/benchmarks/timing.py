@@ -54,6 +54,14 @@ def median_seconds(fn: Callable[[], Any], repeats: int = 3, budget_s: float = 60
     return statistics.median(times)
 
 
+def compiled_flops(compiled: Any) -> float:
+    """XLA's cost-analysis FLOPs of a compiled program (nan when the backend gives none)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per device program
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", float("nan")))
+
+
 def compiled_cost(fn: Callable, *args: Any) -> tuple[float, float]:
     """(XLA cost-analysis FLOPs, program MiB) of ``jax.jit(fn)`` on ``args``.
 
@@ -61,10 +69,7 @@ def compiled_cost(fn: Callable, *args: Any) -> tuple[float, float]:
     themselves (see ``runner.run_detokenize``).
     """
     compiled = jax.jit(fn).lower(*args).compile()
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):  # older jax: one dict per device program
-        cost = cost[0] if cost else {}
-    flops = float((cost or {}).get("flops", float("nan")))
+    flops = compiled_flops(compiled)
     mib = float("nan")
     mem = compiled.memory_analysis()
     if mem is not None:

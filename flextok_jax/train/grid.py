@@ -10,14 +10,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
-from flextok_jax import flow
+from flextok_jax import flow, parallel
 from flextok_jax.evaluate import grid_image, token_budgets  # noqa: F401 (re-exported)
 from flextok_jax.model.flextok import FlexTok
 from flextok_jax.model.fsq import fsq_quantize
 
 
 def make_reconstruct_fn(
-    model: FlexTok, mesh: Mesh, num_images: int, num_steps: int
+    model: FlexTok, mesh: Mesh, rules: Sequence[tuple[str, Any]], num_images: int, num_steps: int
 ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
     """Jitted ``(params, images [B>=num_images, H, W, 3], rng) -> [1 + len(ks), num_images, H, W, 3]``.
 
@@ -38,13 +38,16 @@ def make_reconstruct_fn(
             outs.append(model.decode_latents(params, flow.euler_sample(fn, noise, num_steps)))
         return jnp.stack(outs)
 
-    return jax.jit(reconstruct, out_shardings=NamedSharding(mesh, P()))
+    return parallel.MeshJit(reconstruct, mesh, rules, out_shardings=NamedSharding(mesh, P()))
+
+
+def first_images(images: jax.Array, n: int, mesh: Mesh) -> jax.Array:
+    """The first n of a (global, batch-sharded) [B, H, W, 3] batch, replicated: what the grids
+    keep for the whole run instead of the whole batch."""
+    return jax.jit(lambda x: x[:n], out_shardings=NamedSharding(mesh, P()))(images)
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(image).save(path)
 
-
-def column_labels(n_registers: int) -> Sequence[str]:
-    return ["original"] + [f"k={k}" for k in token_budgets(n_registers)]

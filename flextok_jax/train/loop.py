@@ -8,12 +8,10 @@ import threading
 import time
 from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from flextok_jax import data as data_lib
 from flextok_jax import parallel
@@ -22,7 +20,7 @@ from flextok_jax.train.build import build
 from flextok_jax.train.checkpoint import Checkpointer, export_ema_params
 from flextok_jax.train.metrics import MetricsLogger
 from flextok_jax.train.optimizer import make_optimizer
-from flextok_jax.train.sharding import create_train_state, state_shardings
+from flextok_jax.train.sharding import create_train_state, jit_train_step, state_shardings
 from flextok_jax.train.step import make_train_step
 
 
@@ -106,19 +104,11 @@ def train(
     if data_state is not None:
         data_iter.set_state(data_state)
 
-    image_sharding = parallel.batch_sharding(mesh)
-    step_fn = make_train_step(model, tx, hp, schedule, setup.teacher)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        train_step = jax.jit(
-            step_fn,
-            in_shardings=(shardings, {"image": image_sharding}),
-            out_shardings=(shardings, NamedSharding(mesh, P())),
-            donate_argnums=(0,),
-        )
+    train_step = jit_train_step(make_train_step(model, tx, hp, schedule, setup.teacher), mesh, rules, shardings)
     log_cfg = config.log
     grid_every = int(log_cfg.get("grid_every_steps") or 0)
     reconstruct = (
-        grid_lib.make_reconstruct_fn(model, mesh, int(log_cfg.grid_images), int(log_cfg.grid_sample_steps))
+        grid_lib.make_reconstruct_fn(model, mesh, rules, int(log_cfg.grid_images), int(log_cfg.grid_sample_steps))
         if grid_every else None
     )
     logger = MetricsLogger(workdir, total_steps, start, progress=bool(log_cfg.get("progress", True)))
@@ -168,7 +158,7 @@ def train(
                 batch = next(data_iter)
                 gbatch = data_lib.to_global_batch({"image": batch["image"]}, mesh)
                 if reconstruct is not None and grid_batch is None:
-                    grid_batch = gbatch["image"]
+                    grid_batch = grid_lib.first_images(gbatch["image"], int(log_cfg.grid_images), mesh)
                 state, metrics = train_step(state, gbatch)
                 if len(pending) > 0:
                     drain()

@@ -116,3 +116,15 @@ def create_train_state(
     with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
         state = jax.jit(init, out_shardings=shardings)(rng, given_trainable, given_frozen)
     return state, shardings
+
+
+def jit_train_step(step_fn: Callable, mesh: Mesh, rules: Sequence[tuple[str, Any]], shardings: TrainState
+                   ) -> parallel.MeshJit:
+    """The jitted ``step_fn(state, batch)``: state in and out on ``shardings`` (donated), the batch
+    split over the data axes, metrics replicated; traced with the mesh and logical rules in effect."""
+    return parallel.MeshJit(
+        step_fn, mesh, rules,
+        in_shardings=(shardings, {"image": parallel.batch_sharding(mesh)}),
+        out_shardings=(shardings, NamedSharding(mesh, P())),
+        donate_argnums=(0,),
+    )
