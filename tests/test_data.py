@@ -215,6 +215,9 @@ def test_decode_resize_crop_flip_scale():
         for s in range(20)
     }
     assert len(crops) > 1 and all(len(c) == 16 * 16 * 3 for c in crops)
+    for crop in (CenterCrop(32).map, lambda r: RandomCrop(32).random_map(r, np.random.default_rng(0))):
+        with pytest.raises(ValueError, match="smaller than crop 32"):
+            crop({"image": resized})
     flipped = RandomHorizontalFlip(p=1.0).random_map({"image": centre}, np.random.default_rng(0))["image"]
     np.testing.assert_array_equal(flipped, centre[:, ::-1])
     kept = RandomHorizontalFlip(p=0.0).random_map({"image": centre}, np.random.default_rng(0))["image"]

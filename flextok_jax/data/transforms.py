@@ -91,89 +91,91 @@ class DecodeImage(grain.transforms.Map):
         return {"image": image, "label": label}
 
 
-class ResizeShorterSide(grain.transforms.Map):
+class _ImageMap(grain.transforms.Map):
+    """Replaces the record's ``"image"`` by ``transform(image)``; markers pass through."""
+
+    def transform(self, image: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def map(self, record: Record | SkippedRecord) -> Record | SkippedRecord:
+        if is_skipped(record):
+            return record
+        return {**record, "image": self.transform(record["image"])}
+
+
+class _RandomImageMap(grain.transforms.RandomMap):
+    """Replaces the record's ``"image"`` by ``transform(image, rng)``; markers pass through."""
+
+    def transform(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def random_map(self, record: Record | SkippedRecord, rng: np.random.Generator) -> Record | SkippedRecord:
+        if is_skipped(record):
+            return record
+        return {**record, "image": self.transform(record["image"], rng)}
+
+
+class ResizeShorterSide(_ImageMap):
     """uint8 [H,W,3] -> uint8 [H',W',3] with min(H',W') == size (bicubic, aspect kept)."""
 
     def __init__(self, size: int) -> None:
         self._size = int(size)
 
-    def map(self, record: Record | SkippedRecord) -> Record | SkippedRecord:
-        if is_skipped(record):
-            return record
-        image = record["image"]
+    def transform(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
         if min(h, w) == self._size:
-            return record
+            return image
         scale = self._size / min(h, w)
         new_h, new_w = max(self._size, round(h * scale)), max(self._size, round(w * scale))
         # PIL's bicubic resize antialiases when shrinking (filter support scales).
-        resized = Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC)
-        return {**record, "image": np.asarray(resized)}
+        return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC))
 
 
-def _crop(image: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
+def _crop(image: np.ndarray, size: int, top: int, left: int) -> np.ndarray:
+    if image.shape[0] < size or image.shape[1] < size:
+        raise ValueError(f"image {image.shape} smaller than crop {size}; resize first")
     return np.ascontiguousarray(image[top : top + size, left : left + size])
 
 
-def _check_crop(image: np.ndarray, size: int) -> None:
-    if image.shape[0] < size or image.shape[1] < size:
-        raise ValueError(f"image {image.shape} smaller than crop {size}; resize first")
-
-
-class CenterCrop(grain.transforms.Map):
+class CenterCrop(_ImageMap):
     """uint8 [H,W,3] (H,W >= size) -> uint8 [size,size,3], centred."""
 
     def __init__(self, size: int) -> None:
         self._size = int(size)
 
-    def map(self, record: Record | SkippedRecord) -> Record | SkippedRecord:
-        if is_skipped(record):
-            return record
-        image = record["image"]
-        _check_crop(image, self._size)
-        top = (image.shape[0] - self._size) // 2
-        left = (image.shape[1] - self._size) // 2
-        return {**record, "image": _crop(image, top, left, self._size)}
+    def transform(self, image: np.ndarray) -> np.ndarray:
+        s = self._size
+        return _crop(image, s, (image.shape[0] - s) // 2, (image.shape[1] - s) // 2)
 
 
-class RandomCrop(grain.transforms.RandomMap):
+class RandomCrop(_RandomImageMap):
     """uint8 [H,W,3] (H,W >= size) -> uint8 [size,size,3] at a uniform random offset."""
 
     def __init__(self, size: int) -> None:
         self._size = int(size)
 
-    def random_map(self, record: Record | SkippedRecord, rng: np.random.Generator) -> Record | SkippedRecord:
-        if is_skipped(record):
-            return record
-        image = record["image"]
-        _check_crop(image, self._size)
-        top = int(rng.integers(0, image.shape[0] - self._size + 1))
-        left = int(rng.integers(0, image.shape[1] - self._size + 1))
-        return {**record, "image": _crop(image, top, left, self._size)}
+    def transform(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        s = self._size
+        top = int(rng.integers(0, max(image.shape[0] - s, 0) + 1))
+        left = int(rng.integers(0, max(image.shape[1] - s, 0) + 1))
+        return _crop(image, s, top, left)
 
 
-class RandomHorizontalFlip(grain.transforms.RandomMap):
+class RandomHorizontalFlip(_RandomImageMap):
     """Mirrors [H,W,C] images left-right with probability `p`."""
 
     def __init__(self, p: float = 0.5) -> None:
         self._p = float(p)
 
-    def random_map(self, record: Record | SkippedRecord, rng: np.random.Generator) -> Record | SkippedRecord:
-        if is_skipped(record):
-            return record
-        if rng.random() < self._p:
-            return {**record, "image": np.ascontiguousarray(record["image"][:, ::-1])}
-        return record
+    def transform(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.ascontiguousarray(image[:, ::-1]) if rng.random() < self._p else image
 
 
-class ScaleToSymmetricRange(grain.transforms.Map):
+class ScaleToSymmetricRange(_ImageMap):
     """uint8 image -> float32 in [-1, 1] (0 -> -1, 255 -> 1); any shape."""
 
-    def map(self, record: Record | SkippedRecord) -> Record | SkippedRecord:
-        if is_skipped(record):
-            return record
-        image = record["image"].astype(np.float32) * np.float32(1.0 / 127.5) - np.float32(1.0)
-        return {**record, "image": image}
+    def transform(self, image: np.ndarray) -> np.ndarray:
+        return image.astype(np.float32) * np.float32(1.0 / 127.5) - np.float32(1.0)
 
 
 def prepare_eval_image(record: Record, size: int) -> Record | SkippedRecord:
