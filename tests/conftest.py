@@ -10,16 +10,16 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
-PARITY_DIR = pathlib.Path(
-    os.environ.get("FLEXTOK_PARITY_DIR", pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "parity")
-)
+# The reference fixtures live in the repository (tests/fixtures, a copy of the project's shared
+# parity folder); FLEXTOK_PARITY_DIR points the tests at another copy.
+PARITY_DIR = pathlib.Path(os.environ.get("FLEXTOK_PARITY_DIR") or pathlib.Path(__file__).resolve().parent / "fixtures")
 
 
 @pytest.fixture(scope="session")
 def parity_dir() -> pathlib.Path:
     if not (PARITY_DIR / "flextok_tiny.safetensors").exists():
         raise FileNotFoundError(
-            f"parity fixtures not found in {PARITY_DIR}; set FLEXTOK_PARITY_DIR to ../shared/parity"
+            f"parity fixtures not found in {PARITY_DIR}; set FLEXTOK_PARITY_DIR to a folder holding them"
         )
     return PARITY_DIR
 
