@@ -14,21 +14,10 @@ from flextok_jax import FlexTok, FlexTokConfig, TransformerConfig
 from flextok_jax.benchmarks.models import random_params
 from flextok_jax.model.flextok import register_buckets
 from flextok_jax.model.fsq import ids_to_codes
-from flextok_jax.model.vae import VAEConfig
+from helpers import max_err
 
 COLLAPSE_TOL = 1e-5
 SHORTCUT_TOL = 1e-4
-
-
-def max_err(a, b) -> float:
-    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
-
-
-@pytest.fixture(scope="module")
-def tiny(parity_dir):
-    vae = VAEConfig(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8,
-                    mid_block_add_attention=True, latent_channels=16)
-    return flextok_jax.load_official_checkpoint(parity_dir / "flextok_tiny.safetensors", vae_config=vae)
 
 
 def small_config(**changes) -> FlexTokConfig:
@@ -126,22 +115,21 @@ def test_collapse_null_pass(case):
 
 @pytest.mark.parametrize("case", model_cases(), indirect=True)
 def test_packed_null_pass_matches_separate_passes(case):
-    """with_null: the conditional and null passes packed in one forward equal two forwards."""
+    """velocity_with_null: the conditional and null passes packed in one forward equal two forwards."""
     model, params = case
     n = model.config.n_registers
-    velocity = jax.jit(model.velocity, static_argnums=(6, 7))
+    velocity = jax.jit(model.velocity, static_argnums=(6,))
+    with_null = jax.jit(model.velocity_with_null)
     for keep, slots in (([1, 1], 1), ([2, 3], 4), ([1, n, 5], n), ([n, n], n)):
         keep = jnp.asarray(keep, jnp.int32)
         b = keep.shape[0]
         x, t = random_x_t(model, b, seed=slots)
         codes = random_codes(model, b, seed=5)[:, :slots]
-        v_cond, v_null = velocity(params, x, t, codes, keep, None, True, True)
-        alone_cond = velocity(params, x, t, codes, keep, None, True, False)
-        alone_null = velocity(params, x, t, codes[:, :0], keep, jnp.ones((b,), bool), True, False)
+        v_cond, v_null = with_null(params, x, t, codes, keep)
+        alone_cond = velocity(params, x, t, codes, keep, None, True)
+        alone_null = velocity(params, x, t, codes[:, :0], keep, jnp.ones((b,), bool), True)
         assert max_err(v_cond, alone_cond) <= COLLAPSE_TOL, (keep, slots)
         assert max_err(v_null, alone_null) <= COLLAPSE_TOL, (keep, slots)
-    with pytest.raises(ValueError, match="collapse"):
-        model.velocity(params, x, t, codes, keep, with_null=True)
 
 
 def test_collapse_parity_fixture(tiny, parity_io):
@@ -154,7 +142,7 @@ def test_collapse_parity_fixture(tiny, parity_io):
     assert max_err(v.transpose(0, 3, 1, 2), parity_io["dec_velocity"]) <= 1e-4
     v0 = model.velocity(params, x, t, codes[:, :0], keep, jnp.ones((2,), bool), collapse=True)
     assert max_err(v0.transpose(0, 3, 1, 2), parity_io["dec_velocity_null"]) <= 1e-4
-    v, v0 = model.velocity(params, x, t, codes, keep, collapse=True, with_null=True)
+    v, v0 = model.velocity_with_null(params, x, t, codes, keep)
     assert max_err(v.transpose(0, 3, 1, 2), parity_io["dec_velocity"]) <= 1e-4
     assert max_err(v0.transpose(0, 3, 1, 2), parity_io["dec_velocity_null"]) <= 1e-4
 

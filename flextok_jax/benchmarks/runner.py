@@ -1,7 +1,6 @@
 """The benchmark cases: each builds jitted callables on random weights and returns table rows."""
 from __future__ import annotations
 
-import importlib
 import sys
 from typing import Any, Callable
 
@@ -86,7 +85,7 @@ def run_tokenize(bench: Bench, ks: list[int]) -> None:
 
 def guided_step(m: FlexTok, p: Any, x: jax.Array, t: jax.Array, codes: jax.Array, keep: jax.Array) -> jax.Array:
     """One collapsed CFG velocity, both passes packed in one forward: the sampler loop's body."""
-    v_cond, v_null = m.velocity(p, x, t, codes, keep, collapse=True, with_null=True)
+    v_cond, v_null = m.velocity_with_null(p, x, t, codes, keep)
     return flow.cfg_velocity(v_cond, v_null, GUIDANCE_SCALE)
 
 
@@ -122,26 +121,17 @@ def run_detokenize(bench: Bench, ks: list[int], steps: int) -> None:
                       flops, max(step_mib, vae.program_mib))
 
 
-TRAIN_CONFIGS = {"tiny": "configs.tiny_cpu", "d12": "configs.flextok_d12_d12_in1k"}
+def run_train(bench_size: str, batch: int, dtype: str, ceilings: dict[str, float]) -> list[Row]:
+    """One tokenizer train step of the size's recipe (``benchmarks.train``)."""
+    from flextok_jax.benchmarks.train import TOKENIZER_CONFIGS, benchmark_train_step, random_images
 
-
-def run_train(bench_size: str, batch: int, dtype: str, ceilings: dict[str, float]) -> tuple[list[Row], str]:
-    """One train step of the size's config via ``flextok_jax.train.benchmark_train_step``.
-
-    Returns (rows, note); the note says why there are no rows when the config module (under the
-    repository's ``configs/``) cannot be imported.
-    """
-    from flextok_jax.train import benchmark_train_step  # the trainer pulls in grain, orbax, tfds
-
-    try:
-        config = importlib.import_module(TRAIN_CONFIGS[bench_size]).get_config()
-    except ImportError as e:
-        return [], f"train: config module {TRAIN_CONFIGS[bench_size]} not importable ({e})"
+    config = TOKENIZER_CONFIGS[bench_size]()
     config.train.global_batch_size = batch
     config.mesh.shape = (-1, 1, 1)
+    config.dtype = dtype
     before = matmul_ceiling(jnp.float32, repeats=3)
-    out = benchmark_train_step(config, steps=3)
+    out = benchmark_train_step(config, random_images(config, batch), steps=3)
     ceiling = max(before, matmul_ceiling(jnp.float32, repeats=3), ceilings["float32"])
-    row = Row(f"{bench_size} train step ({TRAIN_CONFIGS[bench_size]})", batch, "-", "float32", out["step_s"],
+    row = Row(f"{bench_size} tokenizer train step", batch, "-", dtype, out["step_s"],
               out["flops_per_step"], ceiling, float("nan"), peak_rss_mib())
-    return [row], ""
+    return [row]

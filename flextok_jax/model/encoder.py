@@ -52,7 +52,7 @@ class FlexTokEncoder(nn.Module):
         registers = jnp.broadcast_to(registers[:k].astype(self.dtype), (b, k, tcfg.dim))
 
         x = jnp.concatenate([patches, registers], axis=1)
-        x = nn.with_logical_constraint(x, ("batch", "seq", "embed"))
+        x = nn.with_logical_constraint(x, ("act_batch", "act_seq", "act_embed"))
         n_patches = patches.shape[1]
         mask = prefix_causal_mask(n_patches, k)[None, None]
         # The head reads only the registers, so the last block computes only their rows.
@@ -60,7 +60,7 @@ class FlexTokEncoder(nn.Module):
         for i in range(tcfg.depth):
             spans = last_spans if i == tcfg.depth - 1 else None
             x = Block(tcfg.dim, tcfg.head_dim, tcfg.mlp_ratio, self.dtype, name=f"blocks_{i}")(x, mask, None, spans)
-            x = nn.with_logical_constraint(x, ("batch", "seq", "embed"))
+            x = nn.with_logical_constraint(x, ("act_batch", "act_seq", "act_embed"))
 
         out = layer_norm(x)
         z = dense(cfg.code_dim, ("embed", "code"), name="to_latents", use_bias=True, dtype=self.dtype)(out)

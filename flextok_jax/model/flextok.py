@@ -65,7 +65,8 @@ class FlexTok:
         codes = jnp.zeros((1, 1, cfg.code_dim))
         params = {
             "encoder": self.encoder.init(r_enc, latents)["params"],
-            "decoder": self.decoder.init(r_dec, latents, jnp.ones((1,)), codes, jnp.ones((1,), jnp.int32))["params"],
+            "decoder": self.decoder.init(r_dec, latents, jnp.ones((1,)), codes, jnp.ones((1,), jnp.int32),
+                                         method=FlexTokDecoder.velocity)["params"],
         }
         if self.vae is not None:
             params["vae"] = self.vae.init(r_vae, jnp.zeros((1, cfg.patch_size[0] * f, cfg.patch_size[1] * f, 3)))["params"]
@@ -98,6 +99,16 @@ class FlexTok:
         """latents [B, h, w, C] -> FSQ inputs [B, k, code_dim] for the first k registers."""
         return self.encoder.apply({"params": params["encoder"]}, latents, num_tokens)
 
+    def encode(self, params: Params, images: jax.Array, num_tokens: int | None = None) -> tuple[jax.Array, jax.Array]:
+        """images [B, H, W, 3] in [-1, 1] -> (latents [B, h, w, C], FSQ codes [B, k, code_dim]).
+
+        The one path image -> VAE -> encoder -> FSQ (straight-through, so the encoder trains
+        through it); no gradient reaches the VAE. k = ``num_tokens`` (default n_registers).
+        """
+        latents = jax.lax.stop_gradient(self.encode_latents(params, images))
+        codes = fsq_quantize(self.encode_registers(params, latents, num_tokens), self.config.fsq_levels)
+        return latents, codes
+
     def velocity(
         self,
         params: Params,
@@ -107,22 +118,38 @@ class FlexTok:
         keep_k: jax.Array,
         null_cond: jax.Array | None = None,
         collapse: bool = False,
-        with_null: bool = False,
-    ) -> jax.Array | tuple[jax.Array, jax.Array]:
-        """One decoder forward: the flow velocity [B, h, w, C], or with ``with_null`` the pair
-        (conditional, null-condition) from one packed forward (see ``FlexTokDecoder``)."""
-        return self.decoder.apply(
-            {"params": params["decoder"]}, x_t, t, codes, keep_k, null_cond, collapse, with_null=with_null
-        )
+    ) -> jax.Array:
+        """One decoder forward: the flow velocity [B, h, w, C] (``FlexTokDecoder.velocity``)."""
+        return self.decoder.apply({"params": params["decoder"]}, x_t, t, codes, keep_k, null_cond, collapse,
+                                  method=FlexTokDecoder.velocity)
+
+    def velocity_with_null(
+        self, params: Params, x_t: jax.Array, t: jax.Array, codes: jax.Array, keep_k: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """(conditional, null-condition) velocities from one packed forward
+        (``FlexTokDecoder.velocity_with_null``); codes: the first max(keep_k) rows."""
+        return self.decoder.apply({"params": params["decoder"]}, x_t, t, codes, keep_k,
+                                  method=FlexTokDecoder.velocity_with_null)
+
+    def velocity_and_features(
+        self, params: Params, x_t: jax.Array, t: jax.Array, codes: jax.Array, keep_k: jax.Array,
+        null_cond: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """(velocity, decoder patch features for REPA [B, P, D]) (``FlexTokDecoder.velocity_and_features``)."""
+        return self.decoder.apply({"params": params["decoder"]}, x_t, t, codes, keep_k, null_cond,
+                                  method=FlexTokDecoder.velocity_and_features)
 
     # ------------------------------------------------------------------ checks
     def _check_images(self, images: Any) -> jax.Array:
+        """Shape, dtype and value checks. A global jax.Array that spans several processes is
+        checked on this process's shards (each process checks its own), never gathered."""
         shape = tuple(np.shape(images))
         if len(shape) != 4 or shape[-1] != 3:
             raise ValueError(f"images must be [B, H, W, 3] (NHWC RGB), got shape {shape}")
-        if not jnp.issubdtype(jnp.asarray(images).dtype, jnp.floating):
+        dtype = np.dtype(images.dtype) if hasattr(images, "dtype") else np.asarray(images).dtype
+        if not np.issubdtype(dtype, np.floating) and dtype != jnp.bfloat16:
             raise TypeError(
-                f"images must be floating point in [-1, 1], got dtype {jnp.asarray(images).dtype}; "
+                f"images must be floating point in [-1, 1], got dtype {dtype}; "
                 "convert uint8 pictures with x / 127.5 - 1"
             )
         unit = self.config.vae_downsample * self.config.patch_size[0]
@@ -133,10 +160,8 @@ class FlexTok:
                 f"image size {h}x{w} must be a multiple of {unit} (VAE x patch) and at most "
                 f"{max_h}x{max_w} (the position-embedding grid); resize to {max_h}x{max_w}"
             )
-        lo, hi = float(jnp.min(images)), float(jnp.max(images))
-        if lo < -1 - _RANGE_SLACK or hi > 1 + _RANGE_SLACK:
-            raise ValueError(f"image values must lie in [-1, 1], got [{lo:.3g}, {hi:.3g}]")
-        return jnp.asarray(images, jnp.float32)
+        check_image_values(images)
+        return images if isinstance(images, jax.Array) and images.dtype == jnp.float32 else jnp.asarray(images, jnp.float32)
 
     def _check_num_tokens(self, k: Any, batch: int, name: str) -> np.ndarray:
         n = self.config.n_registers
@@ -162,8 +187,7 @@ class FlexTok:
 
     @functools.partial(jax.jit, static_argnums=(0, 3))
     def _tokenize_jit(self, params: Params, images: jax.Array, k: int) -> jax.Array:
-        z = self.encode_registers(params, self.encode_latents(params, images), k)
-        return codes_to_ids(fsq_quantize(z, self.config.fsq_levels), self.config.fsq_levels)
+        return codes_to_ids(self.encode(params, images, k)[1], self.config.fsq_levels)
 
     def detokenize(
         self,
@@ -265,15 +289,29 @@ class FlexTok:
     def _sample_jit(self, params, tokens, keep_k, noise, guidance_scale, num_steps, guidance, use_guidance, collapse):
         """tokens [b, s] (s = n_registers, or the bucket size when ``collapse``) -> latents."""
         codes = ids_to_codes(tokens, self.config.fsq_levels)
-        b = tokens.shape[0]
+        return self.sample_codes(params, codes, keep_k, noise, guidance_scale, num_steps, guidance, use_guidance, collapse)
+
+    def sample_codes(
+        self,
+        params: Params,
+        codes: jax.Array,
+        keep_k: jax.Array,
+        noise: jax.Array,
+        guidance_scale: jax.Array | float,
+        num_steps: int,
+        guidance: str = "cfg",
+        use_guidance: bool = False,
+        collapse: bool = True,
+    ) -> jax.Array:
+        """Traceable sampler: codes [B, S, code_dim] (S = n_registers, or >= max(keep_k) when
+        ``collapse``), keep_k int [B], noise [B, h, w, C] -> latents at t = 0, float32."""
+        b = codes.shape[0]
 
         def velocity_fn(x, t, with_null):
             if collapse:
-                if not with_null:
-                    return self.velocity(params, x, t, codes, keep_k, collapse=True), None
-                # Packed: the null pass (patches plus one null slot standing for all n registers)
-                # shares the conditional pass's projections and MLPs.
-                return self.velocity(params, x, t, codes, keep_k, collapse=True, with_null=True)
+                if with_null:
+                    return self.velocity_with_null(params, x, t, codes, keep_k)
+                return self.velocity(params, x, t, codes, keep_k, collapse=True), None
             if not with_null:
                 return self.velocity(params, x, t, codes, keep_k), None
             # Conditional and unconditional passes as one batched forward.
@@ -285,6 +323,58 @@ class FlexTok:
             return v[:b], v[b:]
 
         return flow.euler_sample(velocity_fn, noise, num_steps, guidance_scale, guidance, use_guidance)
+
+    def reconstruct(
+        self,
+        params: Params,
+        images: jax.Array,
+        ks: tuple[int, ...],
+        noise: jax.Array,
+        num_steps: int,
+        guidance_scale: jax.Array | float = 1.0,
+        guidance: str = "cfg",
+        use_guidance: bool = False,
+    ) -> jax.Array:
+        """Traceable reconstruct-by-k: images [N, H, W, 3] -> [len(ks), N, H, W, 3] decoded from
+        the first k tokens for each static k in ``ks``, with the same start noise [N, h, w, C]
+        for every k (so columns differ only by the tokens they were given)."""
+        n = self.config.n_registers
+        _, codes = self.encode(params, images, max(ks))
+        outs = []
+        for k in ks:
+            slots = int(register_buckets(np.array([k]), n)[0])
+            collapse = self.config.register_posemb_before_dropout
+            c = codes[:, :slots] if collapse else jnp.pad(codes, ((0, 0), (0, n - codes.shape[1]), (0, 0)))
+            keep = jnp.full((images.shape[0],), k, jnp.int32)
+            latents = self.sample_codes(params, c, keep, noise, guidance_scale, num_steps, guidance, use_guidance, collapse)
+            outs.append(self.decode_latents(params, latents))
+        return jnp.stack(outs)
+
+
+def check_image_values(images: Any) -> None:
+    """Reject non-finite values and values outside [-1, 1] (with a small slack). A jax.Array is
+    reduced shard by shard on its devices, and only this process's shards are read, so the
+    check works on global arrays that span several hosts."""
+    if isinstance(images, jax.Array):
+        chunks, xp = [s.data for s in images.addressable_shards], jnp
+    else:
+        chunks, xp = [np.asarray(images)], np
+    chunks = [c for c in chunks if c.size]
+    if not chunks:
+        return
+    bad = sum(int(c.size - xp.count_nonzero(xp.isfinite(c))) for c in chunks)
+    if bad:
+        raise ValueError(f"images contain {bad} non-finite values (NaN or inf); expected floats in [-1, 1]")
+    lo = min(float(xp.min(c)) for c in chunks)
+    hi = max(float(xp.max(c)) for c in chunks)
+    if lo < -1 - _RANGE_SLACK or hi > 1 + _RANGE_SLACK:
+        raise ValueError(f"image values must lie in [-1, 1], got [{lo:.3g}, {hi:.3g}]")
+
+
+def token_budgets(n: int) -> list[int]:
+    """[1, 2, 4, ..., n] (n included even when it is not a power of two)."""
+    ks = [1 << i for i in range(n.bit_length()) if (1 << i) <= n]
+    return ks if ks[-1] == n else ks + [n]
 
 
 def register_buckets(keep_k: np.ndarray, n: int) -> np.ndarray:

@@ -30,12 +30,14 @@ def dense(
     features: int,
     axes: tuple[str | None, str | None],
     *,
-    name: str,
+    name: str | None = None,
     use_bias: bool = False,
     dtype: Dtype = jnp.float32,
     kernel_init: Initializer = nn.initializers.xavier_uniform(),
 ) -> nn.Dense:
-    """A Dense layer whose kernel ([in, out]) and bias ([out]) carry logical axis names."""
+    """A Dense layer whose kernel ([in, out]) and bias ([out]) carry logical axis names.
+
+    ``name`` is None inside a module's ``setup`` (linen names it after the attribute)."""
     return nn.Dense(
         features,
         use_bias=use_bias,
@@ -218,48 +220,51 @@ def per_group(x: jax.Array, runs: Sequence[tuple[int, int]], fn: Callable[[jax.A
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
 
 
+# The rows of a token sequence as segments: (lengths, groups); segment s has lengths[s] rows
+# modulated by group groups[s].
+Segments = tuple[tuple[int, ...], tuple[int, ...]]
+
+
 class AdaLNBlock(nn.Module):
     """Transformer block with adaLN-zero modulation, one set per group of sub-sequences.
 
     The modulation MLP maps silu(temb) to [G, 6, D] with chunks ordered
-    (gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp); sub-sequence s
-    (``segment_lengths[s]`` tokens) is modulated by group ``segment_groups[s]`` (default: s).
-    For FlexTok, group 0 modulates patches and group 1 registers; two packed passes are
-    segments (patches, registers, patches, registers) with groups (0, 1, 0, 1).
+    (gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp). For FlexTok, group 0
+    modulates patches and group 1 registers; two packed passes are segments
+    (patches, registers, patches, registers) with groups (0, 1, 0, 1).
     """
 
     dim: int
     head_dim: int
-    segment_lengths: tuple[int, ...]
     mlp_ratio: float = 4.0
     dtype: Dtype = jnp.float32
-    segment_groups: tuple[int, ...] | None = None
+    num_groups: int = 2
 
     @nn.compact
     def __call__(
         self,
         x: jax.Array,
         temb: jax.Array,
+        segments: Segments,
         mask: jax.Array | None = None,
         key_bias: jax.Array | None = None,
         spans: Sequence[Span] | None = None,
     ) -> jax.Array:
-        """x: [B, N, D] with N = sum(segment_lengths); temb: [B, D]. Returns [B, Nq, D], the
+        """x: [B, N, D] with N = sum(segment lengths); temb: [B, D]. Returns [B, Nq, D], the
         query rows of ``spans`` (all N by default)."""
-        groups = self.segment_groups
-        n_groups = len(self.segment_lengths) if groups is None else max(groups) + 1
+        lengths, groups = segments
         mod = dense(
-            n_groups * 6 * self.dim,
+            self.num_groups * 6 * self.dim,
             ("embed", "adaln"),
             name="adaln",
             use_bias=True,
             dtype=self.dtype,
             kernel_init=nn.initializers.zeros_init(),
         )(nn.silu(temb))
-        mod = mod.reshape(mod.shape[0], n_groups, 6, self.dim)[:, :, :, None, :]  # [B, G, 6, 1, D]
+        mod = mod.reshape(mod.shape[0], self.num_groups, 6, self.dim)[:, :, :, None, :]  # [B, G, 6, 1, D]
         gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp = (mod[:, :, i] for i in range(6))
-        all_rows = row_groups(self.segment_lengths, groups)
-        out_rows = row_groups(self.segment_lengths, groups, spans)
+        all_rows = row_groups(lengths, groups)
+        out_rows = row_groups(lengths, groups, spans)
 
         h = per_group(layer_norm(x), all_rows, lambda v, g: v * (1 + scale_msa[:, g]) + shift_msa[:, g])
         attn = Attention(self.dim, self.head_dim, self.dtype, name="attn")(h, mask, key_bias, spans)
