@@ -1,17 +1,9 @@
-"""FlexTok d18-d18 (encoder depth 18, decoder depth 18, width 64*depth) on ImageNet-1k 256 px (tfds imagenet2012).
+"""FlexTok d18-d18 (encoder depth 18, decoder depth 18, width 64*depth) on ImageNet-1k 256 px (tfds imagenet2012)."""
+from flextok_jax.train import config as common
 
-Launch (one host; multi-host: the same command on every host, with JAX's distributed env vars set):
-
-    python -m flextok_jax.main --config configs/flextok_d18_d18_in1k.py --workdir /ckpt/flextok_d18_d18_in1k \
-        --config.train.vae_from=/weights/flextok_vae.safetensors
-
-Data: a prepared tfds `imagenet2012` in array_record format (pass --config.data.data_dir=...).
-Expect: a loss around 1 at step 0 that drops quickly, metrics in WORKDIR/metrics.jsonl and
-TensorBoard in WORKDIR/tb, a reconstruction grid PNG (originals, then k = 1, 2, 4, ... 256 tokens)
-every log.grid_every_steps, checkpoints in WORKDIR/checkpoints every checkpoint.every_steps.
-Resuming is automatic: run the same command again.
-"""
-from configs import common
+__doc__ = common.launch_doc(
+    "flextok_d18_d18_in1k", __doc__, data="a prepared tfds `imagenet2012` in array_record format (pass --config.data.data_dir=...)."
+)
 
 
 def get_config():

@@ -12,31 +12,12 @@ log.grid_every_steps. At the end, 8 held-out pictures are reconstructed from the
 (3.0 min in all): MSE 0.179 (k=1), 0.154 (2), 0.110 (4), 0.101 (8), 0.095 (16).
 Rerunning the command resumes from WORKDIR/checkpoints.
 """
-import ml_collections
-
-from configs import common
+from flextok_jax.train import config as common
 
 
 def get_config():
     c = common.base_config()
-    # mlp_ratio 3 gives a SwiGLU hidden width of 128, divisible by any tensor-parallel size <= 8.
-    c.model = ml_collections.ConfigDict(
-        {
-            "encoder": {"dim": 64, "depth": 2, "head_dim": 32, "mlp_ratio": 3.0},
-            "decoder": {"dim": 64, "depth": 2, "head_dim": 32, "mlp_ratio": 3.0},
-            "n_registers": 16,
-            "fsq_levels": (8, 5, 5, 5),
-            # Pixel space: the "latents" are the RGB pixels themselves.
-            "latent_channels": 3,
-            "patch_size": (4, 4),
-            "patch_grid": (8, 8),
-            "vae": None,
-            "vae_scaling_factor": 1.0,
-            "vae_shift_factor": 0.0,
-            "max_timestep": 1.0,
-            "repa_layer": 0,
-        }
-    )
+    c.model = common.tiny_tokenizer_model()
     c.data.source = "procedural"
     c.data.image_size = 32
     c.data.num_images = 2_048

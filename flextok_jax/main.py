@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from flextok_jax.evaluate.reconstruct import evaluate_run
+from flextok_jax.train import NoRestorableCheckpointError, TrainingDivergedError, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and grids.")
@@ -23,22 +27,16 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         # orbax logs every file operation at INFO; --verbosity=0 brings that back.
         logging.set_verbosity(logging.WARNING)
-    from flextok_jax.train import TrainingDivergedError, train
-
     try:
         result = train(_CONFIG.value, _WORKDIR.value)
-    except TrainingDivergedError as e:
+    except (TrainingDivergedError, NoRestorableCheckpointError) as e:
         print(f"training stopped: {e}", file=sys.stderr)
         sys.exit(3)
     print({k: result[k] for k in ("step", "loss", "preempted") if k in result})
-    import jax
-
     config = _CONFIG.value
-    if config.get("eval", {}).get("enabled", False) and not result["preempted"] and jax.process_index() == 0:
-        if result["step"] >= config.train.total_steps:
-            from flextok_jax.evaluate import evaluate_run
-
-            evaluate_run(config, _WORKDIR.value)
+    finished = result["step"] >= config.train.total_steps and not result["preempted"]
+    if config.eval.enabled and finished and jax.process_index() == 0:
+        evaluate_run(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

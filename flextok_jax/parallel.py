@@ -18,14 +18,16 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 # Logical name -> mesh axis (or None = replicated). Weights are split over fsdp on their model
-# dimension and over tensor on their head / hidden dimension; the batch goes over data and fsdp.
+# dimension and over tensor on their head / hidden dimension. Activations have names of their own
+# (act_*): the batch goes over data and fsdp, the rest is replicated.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", BATCH_AXES),
+    ("act_batch", BATCH_AXES),
+    ("act_seq", None),
+    ("act_embed", None),
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("mlp", "tensor"),
     ("adaln", "tensor"),
-    ("seq", None),
     ("embed_out", None),
     ("registers", None),
     ("patch", None),
@@ -91,14 +93,23 @@ def batch_sharding(mesh: Mesh, data_axes: Sequence[str] = BATCH_AXES) -> NamedSh
     return NamedSharding(mesh, P(tuple(data_axes)))
 
 
+def abstract_shardings(init_fn: Callable[..., Any], mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES,
+                       *args) -> tuple[Any, Any]:
+    """(ShapeDtypeStructs, NamedShardings) of what a boxed ``init_fn(*args)`` returns, without
+    allocating it: abstract init -> logical specs -> mesh shardings (fitted to the shapes)."""
+    abstract = jax.eval_shape(init_fn, *args)
+    shapes = nn.unbox(abstract)
+    shardings = fit_to_shapes(logical_to_shardings(nn.get_partition_spec(abstract), mesh, rules), shapes)
+    return shapes, shardings
+
+
 def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES, *args) -> tuple[Any, Any]:
-    """Run a boxed ``init_fn(*args)`` directly into its shardings.
+    """Run a boxed ``init_fn(*args)`` directly into its shardings: abstract init -> shardings ->
+    jitted init, so no device ever holds a full copy.
 
     Returns (plain params, shardings). ``init_fn`` returns ``nn.LogicallyPartitioned`` leaves.
     """
-    abstract = jax.eval_shape(init_fn, *args)
-    shardings = logical_to_shardings(nn.get_partition_spec(abstract), mesh, rules)
-    shardings = fit_to_shapes(shardings, nn.unbox(abstract))
+    _, shardings = abstract_shardings(init_fn, mesh, rules, *args)
     with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
         params = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
     return params, shardings
@@ -173,3 +184,13 @@ def initialize_distributed() -> bool:
         jax.distributed.initialize()
         return True
     return False
+
+
+def gather_to_host(tree: Any) -> Any:
+    """A pytree of (possibly sharded, possibly multi-host) jax.Arrays -> numpy arrays on every
+    process. Every process must call it (the gather is a collective when several run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)

@@ -98,3 +98,6 @@ def load_model(path: str | os.PathLike, dtype: Any = np.float32):
         if want.get(key) != got.get(key):
             raise ValueError(f"{os.fspath(path)}: parameter {key!r} has shape {got.get(key)}, expected {want.get(key)}")
     return model, params
+
+# The file name of a trained tokenizer's export (``WORKDIR/export/flextok.safetensors``).
+EXPORT_FILE = "flextok.safetensors"

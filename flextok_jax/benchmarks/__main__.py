@@ -59,7 +59,6 @@ def main(argv: list[str] | None = None) -> None:
             for d, c in ceilings.items()]
     n = model_config(args.size).n_registers
     ks = args.k or [n, max(1, n // 8)]
-    notes = []
     if args.mode in ("tokenize", "detokenize", "all"):
         bench = Bench(args.size, args.batch, args.dtype, args.repeats, cn)
         if args.mode in ("tokenize", "all"):
@@ -68,16 +67,11 @@ def main(argv: list[str] | None = None) -> None:
             run_detokenize(bench, ks, args.steps)
         rows += bench.rows
     if args.mode in ("train", "all"):
-        train_rows, note = run_train(args.size, args.batch, args.dtype, ceilings)
-        rows += train_rows
-        if note:
-            notes.append(note)
+        rows += run_train(args.size, args.batch, args.dtype, ceilings)
     print_table(rows)
     dev = device_peak_mib()
     if dev is not None:
         print(f"device peak memory: {dev:.0f} MiB")
-    for note in notes:
-        print(note)
 
 
 if __name__ == "__main__":

@@ -6,49 +6,63 @@ returns the reconstruction error per k.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import matplotlib
+import ml_collections
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from flextok_jax.model.flextok import FlexTok
+from flextok_jax import parallel
+from flextok_jax.data import get_source
+from flextok_jax.data.skips import is_skipped
+from flextok_jax.data.transforms import prepare_eval_image
+from flextok_jax.evaluate.grid import save_labelled_grid
+from flextok_jax.model.flextok import FlexTok, token_budgets
+from flextok_jax.params_io import EXPORT_FILE, load_model
 
 
-def token_budgets(n: int) -> list[int]:
-    """[1, 2, 4, ..., n] (n included even when it is not a power of two)."""
-    ks = [1 << i for i in range(n.bit_length()) if (1 << i) <= n]
-    return ks if ks[-1] == n else ks + [n]
+@functools.lru_cache(maxsize=16)
+def _reconstruct_program(model: FlexTok, ks: tuple[int, ...], num_steps: int, guidance: str, use_guidance: bool,
+                         mesh: Mesh | None, rules: tuple) -> Callable[..., jax.Array]:
+    def program(params: Any, images: jax.Array, rng: jax.Array, guidance_scale: jax.Array) -> jax.Array:
+        noise = jax.random.normal(rng, (images.shape[0],) + model.latent_shape, jnp.float32)
+        return model.reconstruct(params, images, ks, noise, num_steps, guidance_scale, guidance, use_guidance)
+
+    if mesh is None:
+        return jax.jit(program)
+    return parallel.MeshJit(program, mesh, rules, out_shardings=NamedSharding(mesh, P()))
 
 
 def reconstruct_by_k(
     model: FlexTok,
     params: Any,
-    images: np.ndarray,
+    images: Any,
     ks: Sequence[int],
     num_steps: int = 25,
     guidance_scale: float = 1.0,
-    seed: int = 0,
+    guidance: str = "cfg",
+    seed: int | jax.Array = 0,
+    mesh: Mesh | None = None,
+    rules: Sequence[tuple[str, Any]] = parallel.DEFAULT_RULES,
 ) -> np.ndarray:
-    """images [N, H, W, 3] -> reconstructions [len(ks), N, H, W, 3] from the first k tokens.
+    """images [N, H, W, 3] in [-1, 1] -> reconstructions [len(ks), N, H, W, 3] from the first k
+    tokens, one compiled program for all k (``FlexTok.reconstruct``), with the same start noise
+    for every k so columns differ only by how many tokens they were given.
 
-    All k are decoded in one batch (per-image keep_k) with the same start noise for every k, so
-    columns differ only by how many tokens they were given.
+    ``mesh``: run on a mesh (``images`` and ``params`` global arrays, e.g. inside training on
+    several hosts); the result is replicated, so every process gets it.
     """
-    n = images.shape[0]
-    tokens = np.asarray(model.tokenize(params, images))
-    noise = jax.random.normal(jax.random.key(seed), (n,) + model.latent_shape, jnp.float32)
-    out = model.detokenize(
-        params,
-        np.tile(tokens, (len(ks), 1)),
-        keep_k=np.repeat(np.asarray(ks, np.int32), n),
-        num_steps=num_steps,
-        guidance_scale=guidance_scale,
-        noise=jnp.tile(noise, (len(ks), 1, 1, 1)),
-    )
-    return np.asarray(out).reshape((len(ks),) + images.shape)
+    model._check_images(images)
+    rng = jax.random.key(seed) if isinstance(seed, int) else seed
+    program = _reconstruct_program(model, tuple(int(k) for k in ks), int(num_steps), guidance,
+                                   float(guidance_scale) != 1.0, mesh, tuple(tuple(r) for r in rules))
+    return np.asarray(program(params, images, rng, jnp.float32(guidance_scale)))
 
 
 def reconstruction_errors(images: np.ndarray, recon: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
@@ -57,37 +71,15 @@ def reconstruction_errors(images: np.ndarray, recon: np.ndarray, ks: Sequence[in
     return {int(k): float(np.mean(np.square(diff[i]))) for i, k in enumerate(ks)}
 
 
-def grid_image(columns: np.ndarray) -> np.ndarray:
-    """[C, N, H, W, 3] floats in [-1, 1] -> uint8 [N*H, C*W, 3] (rows: images, columns: C)."""
-    c, n, h, w, _ = columns.shape
-    x = np.clip((np.asarray(columns, np.float32) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
-    return x.transpose(1, 2, 0, 3, 4).reshape(n * h, c * w, 3)
-
-
 def save_reconstructions(path: str | os.PathLike, images: np.ndarray, recon: np.ndarray, ks: Sequence[int]) -> None:
-    """PNG grid with a header row naming each column ("original", "k=1", ...)."""
-    from PIL import Image, ImageDraw
-
-    grid = grid_image(np.concatenate([images[None], recon]))
-    h, w = images.shape[1:3]
-    header = 14
-    canvas = Image.new("RGB", (grid.shape[1], grid.shape[0] + header), "white")
-    canvas.paste(Image.fromarray(grid), (0, header))
-    draw = ImageDraw.Draw(canvas)
-    for i, label in enumerate(["orig"] + [f"k={k}" for k in ks]):
-        draw.text((i * w + 2, 1), label, fill="black")
-    scale = max(1, 256 // max(h, 1))  # small images are hard to see
-    if scale > 1:
-        canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.Resampling.NEAREST)
-    canvas.save(os.fspath(path))
+    """PNG grid (rows: images; columns: the original, then k = ...) with a header row."""
+    save_labelled_grid(path, np.concatenate([images[None], recon]), ["orig"] + [f"k={k}" for k in ks])
 
 
 def save_loss_curve(metrics_jsonl: str | os.PathLike, path: str | os.PathLike, key: str = "loss") -> int:
     """Plot ``key`` against step from a metrics JSON-lines file; returns the number of points."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the headless backend
 
     steps, values = [], []
     with open(metrics_jsonl) as f:
@@ -120,12 +112,6 @@ def format_error_table(errors: dict[int, float]) -> str:
 def held_out_images(data_config: Any, image_size: int, num_images: int) -> np.ndarray:
     """float32 [N, S, S, 3] in [-1, 1] that training never saw: the test split of Fashion-MNIST,
     or another seed of the procedural source (other sources: their 'test'/'validation' split)."""
-    import ml_collections
-
-    from flextok_jax.data import get_source
-    from flextok_jax.data.skips import is_skipped
-    from flextok_jax.data.transforms import prepare_eval_image
-
     data = ml_collections.ConfigDict(data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config))
     if data.source == "procedural":
         data.seed = int(data.seed) + 1_000_003
@@ -151,9 +137,6 @@ def evaluate_run(config: Any, workdir: str | os.PathLike, print_table: bool = Tr
     Reads the exported EMA weights from WORKDIR/export, writes WORKDIR/reconstructions.png,
     WORKDIR/loss_curve.png and WORKDIR/eval.json; returns {k: MSE}.
     """
-    from flextok_jax.params_io import load_model
-    from flextok_jax.train.checkpoint import EXPORT_FILE
-
     workdir = os.fspath(workdir)
     model, params = load_model(os.path.join(workdir, "export", EXPORT_FILE))
     images = held_out_images(config.data, model.config.image_size[0], int(config.eval.num_images))

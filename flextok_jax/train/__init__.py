@@ -1,33 +1,37 @@
-"""FlexTok training: loss, sharded train state, checkpoints, logging and the train loop."""
-from flextok_jax.train.benchmark import benchmark_train_step
-from flextok_jax.train.build import Setup, build
-from flextok_jax.train.checkpoint import EXPORT_FILE, Checkpointer, export_ema_params
+"""The one training system: a task (model, loss, batches) plugged into a shared setup and loop.
+
+``TrainSetup.from_config(config)`` builds the task, optimizer, mesh, shardings and jitted step
+once; ``train(config, workdir)`` runs them with checkpoints, resume, preemption and logging.
+"""
+from flextok_jax.train.checkpoint import Checkpointer, NoRestorableCheckpointError
 from flextok_jax.train.loop import TrainingDivergedError, train
 from flextok_jax.train.optimizer import ema_update, learning_rate_schedule, make_optimizer
 from flextok_jax.train.repa import TEACHERS, register_teacher
-from flextok_jax.train.sharding import create_train_state, state_shardings
+from flextok_jax.train.setup import TASKS, TrainSetup, make_task, register_task
 from flextok_jax.train.state import TrainState
-from flextok_jax.train.step import LossConfig, loss_fn, make_train_step, sample_keep_k
+from flextok_jax.train.step import make_train_step
+from flextok_jax.train.task import Task
+from flextok_jax.train.tokenizer_task import FlowLossHparams, TokenizerTask, flow_loss, sample_keep_k
 
 __all__ = [
     "Checkpointer",
-    "EXPORT_FILE",
-    "LossConfig",
-    "Setup",
+    "FlowLossHparams",
+    "NoRestorableCheckpointError",
+    "TASKS",
     "TEACHERS",
+    "Task",
+    "TokenizerTask",
+    "TrainSetup",
     "TrainState",
     "TrainingDivergedError",
-    "benchmark_train_step",
-    "build",
-    "create_train_state",
     "ema_update",
-    "export_ema_params",
+    "flow_loss",
     "learning_rate_schedule",
-    "loss_fn",
     "make_optimizer",
+    "make_task",
     "make_train_step",
+    "register_task",
     "register_teacher",
     "sample_keep_k",
-    "state_shardings",
     "train",
 ]

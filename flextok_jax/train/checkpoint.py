@@ -2,12 +2,15 @@
 
 Layout under ``WORKDIR/checkpoints/<step>/``: ``state`` (the whole ``TrainState``, one sharded
 array checkpoint), ``data`` (each process's grain iterator state as JSON,
-``process_<i>-of-<n>.json``) and ``meta`` (JSON: step, FlexTokConfig). Restoring takes target
-shardings, so a checkpoint written on one mesh loads onto any other.
+``process_<i>-of-<n>.json``) and ``meta`` (JSON: step and the task's metadata). Restoring takes
+target shardings, so a checkpoint written on one mesh loads onto any other. A checkpoint that
+cannot be read (a disk or network-filesystem fault) is skipped with a warning, and the run
+resumes from the newest one that restores.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -15,9 +18,12 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from flextok_jax.model.config import FlexTokConfig
-from flextok_jax.params_io import save_params
 from flextok_jax.train.state import TrainState
+
+
+class NoRestorableCheckpointError(RuntimeError):
+    """Every checkpoint in the folder failed to restore; the message names each step and why."""
+
 
 class IteratorSnapshot:
     """A grain iterator's state, frozen at one step.
@@ -95,6 +101,33 @@ class Checkpointer:
         )
         return out["state"], out["data"].state, out["meta"]
 
+    def restore_newest(self, abstract_state: TrainState) -> tuple[TrainState, dict[str, Any] | None, dict[str, Any]] | None:
+        """``restore`` of the newest checkpoint that restores; None if there is none at all.
+
+        An unreadable checkpoint is left in place (it may be wanted for forensics) and named in
+        a warning; if none restores, ``NoRestorableCheckpointError`` names each step tried.
+        """
+        failures = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                out = self.restore(abstract_state, step)
+            except Exception as e:  # orbax/tensorstore raise many types for a damaged file
+                reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+                failures.append(f"step {step} ({reason})")
+                logging.warning("checkpoint step %d in %s cannot be restored (%s); trying an older one",
+                                step, self.directory, reason)
+                continue
+            if failures:
+                logging.warning("resuming from step %d; unreadable newer checkpoints left in place: %s",
+                                step, "; ".join(failures))
+            return out
+        if failures:
+            raise NoRestorableCheckpointError(
+                f"no checkpoint in {self.directory} restores: " + "; ".join(failures)
+                + ". Move the folder away to start afresh."
+            )
+        return None
+
     def wait(self) -> None:
         """Block until pending async saves are on disk."""
         self.manager.wait_until_finished()
@@ -102,25 +135,3 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-# --------------------------------------------------------------------------- export
-EXPORT_FILE = "flextok.safetensors"
-
-
-def export_ema_params(path: str | os.PathLike, state: TrainState, model_config: FlexTokConfig) -> str:
-    """Write the EMA weights (+ the frozen VAE) with the config as one ``params_io`` file.
-
-    ``path`` is a folder; the file is ``path/flextok.safetensors``, readable by
-    ``flextok_jax.load_model`` and the command-line tools. Every process takes part in gathering
-    the (possibly sharded) arrays; process 0 writes. Returns the file's path.
-    """
-    from jax.experimental import multihost_utils
-
-    params = {"encoder": state.ema_params["encoder"], "decoder": state.ema_params["decoder"], **state.frozen}
-    host = multihost_utils.process_allgather(params, tiled=True) if jax.process_count() > 1 else jax.device_get(params)
-    target = os.path.join(os.fspath(path), EXPORT_FILE)
-    if jax.process_index() == 0:
-        os.makedirs(os.fspath(path), exist_ok=True)
-        save_params(target, host, model_config)
-    return target

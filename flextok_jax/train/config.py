@@ -1,8 +1,10 @@
-"""Shared defaults for the FlexTok training configs (imported by every ``configs/*.py``).
+"""The defaults of every training config: the one place they are set.
 
-Each section mirrors what ``flextok_jax.train`` reads; every field is overridable from the command
-line, e.g. ``--config.train.total_steps=1000``. Optional strings use typed placeholders so that
-``None`` defaults can still be overridden.
+``configs/*.py`` start from ``base_config()`` and change what their recipe changes; the training
+code reads fields directly (no defaults at call sites). Every field is overridable from the
+command line, e.g. ``--config.train.total_steps=1000``. Optional strings use typed placeholders
+so that ``None`` defaults can still be overridden. The package never imports the repository's
+``configs/`` folder: the benchmarks build their configs from the functions here.
 """
 from __future__ import annotations
 
@@ -43,9 +45,33 @@ def released_model(encoder_depth: int, decoder_depth: int) -> ml_collections.Con
     )
 
 
+def tiny_tokenizer_model() -> ml_collections.ConfigDict:
+    """A pixel-space FlexTok for 32 px pictures: width 64, depth 2+2, 16 registers, patch 4."""
+    # mlp_ratio 3 gives a SwiGLU hidden width of 128, divisible by any tensor-parallel size <= 8.
+    return ml_collections.ConfigDict(
+        {
+            "encoder": {"dim": 64, "depth": 2, "head_dim": 32, "mlp_ratio": 3.0},
+            "decoder": {"dim": 64, "depth": 2, "head_dim": 32, "mlp_ratio": 3.0},
+            "n_registers": 16,
+            "fsq_levels": (8, 5, 5, 5),
+            # Pixel space: the "latents" are the RGB pixels themselves.
+            "latent_channels": 3,
+            "patch_size": (4, 4),
+            "patch_grid": (8, 8),
+            "vae": None,
+            "vae_scaling_factor": 1.0,
+            "vae_shift_factor": 0.0,
+            "max_timestep": 1.0,
+            "repa_layer": 0,
+        }
+    )
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Every section with defaults; the model section is filled in by each config file."""
     c = ml_collections.ConfigDict()
+    # Which model trains: a name in flextok_jax.train.setup.TASKS.
+    c.task = "tokenizer"
     c.model = ml_collections.ConfigDict()
     # Computation dtype of the transformer ('float32' or 'bfloat16'); params stay float32.
     c.dtype = "float32"
@@ -63,6 +89,8 @@ def base_config() -> ml_collections.ConfigDict:
             "worker_count": 0,
             "random_crop": True,
             "flip": True,
+            # A token-dataset folder (flextok tokenize-dataset), for task='generator'.
+            "tokens": config_dict.placeholder(str),
         }
     )
 
@@ -102,6 +130,8 @@ def base_config() -> ml_collections.ConfigDict:
             # .safetensors (prefix '') or an official FlexTok checkpoint (prefix 'vae.vae.').
             "vae_from": config_dict.placeholder(str),
             "vae_prefix": "",
+            # Generator: the share of labels replaced by the null row (classifier-free guidance).
+            "class_dropout": 0.1,
         }
     )
 
@@ -126,6 +156,56 @@ def imagenet_data(image_size: int = 256) -> ml_collections.ConfigDict:
     d.image_size = image_size
     d.worker_count = 8
     return d
+
+
+def generator_model(depth: int, num_classes: int = 1000, vocab_size: int = 64_000, max_tokens: int = 256,
+                    dim: int | None = None, num_heads: int | None = None, head_dim: int = 64) -> ml_collections.ConfigDict:
+    """A generator of the FlexTok AR family: depth L, width 64 L, L heads of 64 (by default)."""
+    return ml_collections.ConfigDict({
+        "vocab_size": vocab_size, "max_tokens": max_tokens, "num_classes": num_classes, "depth": depth,
+        "dim": 64 * depth if dim is None else dim, "num_heads": depth if num_heads is None else num_heads,
+        "head_dim": head_dim, "mlp_ratio": 4.0, "qk_norm": True,
+    })
+
+
+def generator_base_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """base_config for task='generator': the AR recipe of LlamaGen / FlexTok (AdamW 0.9/0.95,
+    weight decay 0.05, clip 1.0, warmup + cosine, class dropout 0.1)."""
+    c = base_config()
+    c.task = "generator"
+    c.model = model
+    c.optimizer.b2 = 0.95
+    c.optimizer.weight_decay = 0.05
+    c.optimizer.grad_clip = 1.0
+    c.optimizer.lr = 1e-4
+    c.log.grid_every_steps = 0
+    c.eval.enabled = False
+    return c
+
+
+LAUNCH_DOC = """{title}
+
+Launch (one host; multi-host: the same command on every host, with JAX's distributed env vars set):
+
+    python -m flextok_jax.main --config configs/{name}.py --workdir /ckpt/{name}{extra_flags}
+
+Data: {data}
+Expect: {expect}
+Resuming is automatic: run the same command again.
+"""
+
+RELEASED_EXPECT = (
+    "a loss around 1 at step 0 that drops quickly, metrics in WORKDIR/metrics.jsonl and\n"
+    "TensorBoard in WORKDIR/tb, a reconstruction grid PNG (originals, then k = 1, 2, 4, ... 256 tokens)\n"
+    "every log.grid_every_steps, checkpoints in WORKDIR/checkpoints every checkpoint.every_steps."
+)
+
+
+def launch_doc(name: str, title: str, data: str, expect: str = RELEASED_EXPECT,
+               extra_flags: str = " \\\n        --config.train.vae_from=/weights/flextok_vae.safetensors") -> str:
+    """The docstring of a config file: what it trains, the launch command, the data, the
+    expected result (one template for every config)."""
+    return LAUNCH_DOC.format(title=title, name=name, extra_flags=extra_flags, data=data, expect=expect)
 
 
 def released_recipe(encoder_depth: int, decoder_depth: int, total_steps: int = 200_000) -> ml_collections.ConfigDict:

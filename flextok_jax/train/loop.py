@@ -1,4 +1,8 @@
-"""``train(config, workdir)``: the training loop with sharding, checkpoints, resume and logging."""
+"""``train(config, workdir)``: the one training loop, for every task (``flextok_jax.train.task``).
+
+Sharding, checkpoints, exact resume, preemption, NaN handling, metrics, TensorBoard and the
+progress bar live here; a task brings only its parameters, loss and batches.
+"""
 from __future__ import annotations
 
 import math
@@ -10,51 +14,102 @@ from typing import Any, Sequence
 
 import jax
 import ml_collections
-import numpy as np
 from jax.experimental import multihost_utils
 
-from flextok_jax import data as data_lib
 from flextok_jax import parallel
-from flextok_jax.train import grid as grid_lib
-from flextok_jax.train.build import build
-from flextok_jax.train.checkpoint import Checkpointer, export_ema_params
+from flextok_jax.evaluate.grid import save_png
+from flextok_jax.train.checkpoint import Checkpointer
 from flextok_jax.train.metrics import MetricsLogger
-from flextok_jax.train.optimizer import make_optimizer
-from flextok_jax.train.sharding import create_train_state, jit_train_step, state_shardings
-from flextok_jax.train.step import make_train_step
+from flextok_jax.train.setup import TrainSetup
+from flextok_jax.train.state import TrainState
 
 
 class TrainingDivergedError(FloatingPointError):
     """The loss or gradient norm became NaN/inf; the run stopped without saving that state."""
 
 
-class _StopFlag:
-    """Set by SIGTERM (preemption); the loop checkpoints and returns at the next step boundary."""
+class Preemption:
+    """Whether to checkpoint and stop now because the job is being preempted (SIGTERM).
+
+    One process: a SIGTERM handler sets a flag. Several: JAX's preemption service (started by
+    ``jax.distributed.initialize``) catches the signal on any host and agrees on one step at
+    which every process sees ``reached(step)`` true, with no collective of ours per step.
+    """
 
     def __init__(self) -> None:
-        self.stop = False
+        self._flag = False
         self._previous = None
 
-    def __enter__(self) -> "_StopFlag":
-        if threading.current_thread() is threading.main_thread():
+    def __enter__(self) -> "Preemption":
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.stop = True
+        self._flag = True
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
-    def any_process(self) -> bool:
+    def reached(self, step: int) -> bool:
         if jax.process_count() == 1:
-            return self.stop
-        return bool(np.max(multihost_utils.process_allgather(np.int32(self.stop))))
+            return self._flag
+        return multihost_utils.reached_preemption_sync_point(step)
 
 
-def _to_host(metrics: dict[str, jax.Array]) -> dict[str, float]:
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+class DeferredMetrics:
+    """Each step's metrics, read one step late so the device keeps working while the host checks
+    the previous step: non-finite loss or gradient -> ``TrainingDivergedError``; every
+    ``log_every`` steps (and at ``final_step``) a row to the logger with throughput."""
+
+    def __init__(self, logger: MetricsLogger, ckpt: Checkpointer, setup: TrainSetup, log_every: int, final_step: int):
+        self.logger, self.ckpt, self.setup = logger, ckpt, setup
+        self.log_every, self.final_step = log_every, final_step
+        self.items_per_step = setup.task.items_per_batch(int(setup.config.train.global_batch_size))
+        self._pending: tuple[int, dict[str, jax.Array]] | None = None
+        self._t_last, self._steps_since = time.time(), 0
+        self.last: dict[str, float] = {}
+
+    def push(self, step_done: int, metrics: dict[str, jax.Array]) -> None:
+        """Queue ``metrics`` of the step that completed ``step_done`` steps; read the previous."""
+        self.flush()
+        self._pending = (step_done, metrics)
+        self._steps_since += 1
+
+    def flush(self) -> None:
+        if self._pending is None:
+            return
+        step_done, metrics = self._pending
+        self._pending = None
+        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not (math.isfinite(host["loss"]) and math.isfinite(host["grad_norm"])):
+            self.ckpt.wait()
+            good = self.ckpt.latest_step()
+            raise TrainingDivergedError(
+                f"non-finite loss {host['loss']} / grad_norm {host['grad_norm']} at step {step_done}; "
+                f"stopped without saving this state. Last good checkpoint: "
+                f"{'none' if good is None else f'step {good}'} in {self.ckpt.directory}. "
+                "Lower optimizer.lr or raise optimizer.warmup_steps and rerun to resume from it."
+            )
+        self.last = host
+        if step_done % self.log_every == 0 or step_done == self.final_step:
+            now = time.time()
+            rate = self._steps_since * self.items_per_step / max(now - self._t_last, 1e-9)
+            row = dict(host, **{f"{self.setup.task.item_name}_per_s": rate,
+                                "data/skipped": self.setup.task.skipped_records()})
+            self._t_last, self._steps_since = now, 0
+            self.logger.log(step_done, row)
+
+
+def restore_or_init(setup: TrainSetup, ckpt: Checkpointer) -> tuple[TrainState, dict[str, Any] | None]:
+    """(state, this process's data-iterator state or None): the newest checkpoint that restores,
+    else a fresh state."""
+    restored = ckpt.restore_newest(setup.abstract_state)
+    if restored is None:
+        return setup.init_state(), None
+    state, data_state, _ = restored
+    return state, data_state
 
 
 def train(
@@ -65,128 +120,68 @@ def train(
     """Train (or resume from ``WORKDIR/checkpoints``) up to ``train.total_steps``.
 
     Stops early after ``train.stop_at_step`` if set, or on SIGTERM, in both cases with a
-    checkpoint. ``source`` replaces ``get_source(config.data)`` (a random-access sequence of
+    checkpoint. ``source`` replaces the configured data source (a random-access sequence of
     records). Returns the metrics of the last step, plus ``step`` and ``preempted``.
     Raises ``TrainingDivergedError`` on a non-finite loss, leaving the last good checkpoint.
+    At ``total_steps`` the task exports its EMA weights to ``WORKDIR/export``.
     """
     parallel.initialize_distributed()
     workdir = os.path.abspath(os.fspath(workdir))
-    cfg_t = config.train
-    total_steps = int(cfg_t.total_steps)
-    stop_at = min(total_steps, int(cfg_t.get("stop_at_step") or total_steps))
+    total_steps = int(config.train.total_steps)
+    stop_at = min(total_steps, int(config.train.stop_at_step or total_steps))
 
-    setup = build(config)
-    model, hp = setup.model, setup.hp
-    tx, schedule = make_optimizer(config.optimizer, total_steps)
-    mesh = parallel.make_mesh(tuple(config.mesh.shape), tuple(config.mesh.axis_names))
-    rules = tuple(tuple(r) for r in config.sharding.rules)
-
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
-                        async_save=config.checkpoint.get("async", True))
-    meta = {"model_config": model.config.to_dict()}
-    data_state = None
-    if ckpt.latest_step() is not None:
-        abstract, shardings = state_shardings(model, tx, hp, mesh, rules)
-        state, data_state, _ = ckpt.restore(abstract)
-    else:
-        state, shardings = create_train_state(model, tx, hp, mesh, rules, int(cfg_t.seed), setup.init_params)
+    setup = TrainSetup.from_config(config)
+    task = setup.task
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.checkpoint.keep),
+                        async_save=bool(config.checkpoint["async"]))
+    state, data_state = restore_or_init(setup, ckpt)
     start = int(jax.device_get(state.step))
-
-    dcfg = config.data
-    skips = data_lib.SkipCounter()
-    dataset = data_lib.make_dataset(
-        source if source is not None else data_lib.get_source(dcfg),
-        image_size=int(dcfg.image_size), global_batch_size=int(cfg_t.global_batch_size),
-        seed=int(dcfg.seed), shuffle=True, num_epochs=None, worker_count=int(dcfg.get("worker_count", 0)),
-        random_crop=bool(dcfg.get("random_crop", True)), flip=bool(dcfg.get("flip", True)), skip_counter=skips,
-    )
-    data_iter = iter(dataset)
+    data_iter = iter(task.dataset(source))
     if data_state is not None:
         data_iter.set_state(data_state)
 
-    train_step = jit_train_step(make_train_step(model, tx, hp, schedule, setup.teacher), mesh, rules, shardings)
-    log_cfg = config.log
-    grid_every = int(log_cfg.get("grid_every_steps") or 0)
-    reconstruct = (
-        grid_lib.make_reconstruct_fn(model, mesh, rules, int(log_cfg.grid_images), int(log_cfg.grid_sample_steps))
-        if grid_every else None
-    )
-    logger = MetricsLogger(workdir, total_steps, start, progress=bool(log_cfg.get("progress", True)))
+    meta = task.metadata()
+    logger = MetricsLogger(workdir, total_steps, start, progress=bool(config.log.progress))
+    deferred = DeferredMetrics(logger, ckpt, setup, int(config.log.every_steps), stop_at)
     ckpt_every = int(config.checkpoint.every_steps)
-    log_every = int(log_cfg.every_steps)
-
-    last: dict[str, float] = {}
-    pending: list[tuple[int, dict[str, jax.Array]]] = []  # (step after update, device metrics)
     last_saved = start if ckpt.latest_step() == start else None
-    t_last, steps_since = time.time(), 0
-    grid_batch = None
-    preempted = False
+    image_logger, preempted = None, False
 
-    def drain() -> None:
-        # Reading metrics one step late keeps the device busy while the host checks them.
-        nonlocal last, t_last, steps_since
-        while pending:
-            step_done, m = pending.pop(0)
-            host = _to_host(m)
-            if not (math.isfinite(host["loss"]) and math.isfinite(host["grad_norm"])):
-                ckpt.wait()
-                good = ckpt.latest_step()
-                raise TrainingDivergedError(
-                    f"non-finite loss {host['loss']} / grad_norm {host['grad_norm']} at step {step_done}; "
-                    f"stopped without saving this state. Last good checkpoint: "
-                    f"{'none' if good is None else f'step {good}'} in {ckpt.directory}. "
-                    "Lower optimizer.lr or raise optimizer.warmup_steps and rerun to resume from it."
-                )
-            last = host
-            if step_done % log_every == 0 or step_done == stop_at:
-                now = time.time()
-                host = dict(host)
-                host["images_per_s"] = steps_since * cfg_t.global_batch_size / max(now - t_last, 1e-9)
-                host["data/skipped"] = skips.count
-                t_last, steps_since = now, 0
-                logger.log(step_done, host)
-
-    def save(state) -> None:
+    def save(state: TrainState) -> None:
         nonlocal last_saved
-        drain()
+        deferred.flush()
         ckpt.save(state, data_iter.get_state(), meta)
         last_saved = int(jax.device_get(state.step))
 
     try:
-        with _StopFlag() as flag:
+        with Preemption() as preemption:
             for step in range(start, stop_at):
-                batch = next(data_iter)
-                gbatch = data_lib.to_global_batch({"image": batch["image"]}, mesh)
-                if reconstruct is not None and grid_batch is None:
-                    grid_batch = grid_lib.first_images(gbatch["image"], int(log_cfg.grid_images), mesh)
-                state, metrics = train_step(state, gbatch)
-                if len(pending) > 0:
-                    drain()
-                pending.append((step + 1, metrics))
-                steps_since += 1
-                logger.advance()
+                batch = setup.global_batch(next(data_iter))
+                if step == start:
+                    image_logger = task.image_logger(setup.mesh, setup.rules, batch)
+                state, metrics = setup.step(state, batch)
                 done = step + 1
-                if reconstruct is not None and done % grid_every == 0:
-                    params = {**state.params, **state.frozen}
-                    cols = np.asarray(reconstruct(params, grid_batch, jax.random.key(done)))
-                    image = grid_lib.grid_image(cols)
+                deferred.push(done, metrics)
+                logger.advance()
+                picture = None if image_logger is None else image_logger(state, done)
+                if picture is not None:
                     if jax.process_index() == 0:
-                        grid_lib.save_png(os.path.join(workdir, "grids", f"step_{done:08d}.png"), image)
-                    logger.image("reconstructions", image, done)
+                        save_png(os.path.join(workdir, "grids", f"step_{done:08d}.png"), picture)
+                    logger.image("reconstructions", picture, done)
                 if done % ckpt_every == 0:
                     save(state)
-                if flag.any_process():
+                if preemption.reached(done):
                     preempted = done < stop_at
                     logger.message(f"SIGTERM: saving a checkpoint at step {done} and stopping")
                     break
-        drain()
+        deferred.flush()
         final_step = int(jax.device_get(state.step))
         if last_saved != final_step:
             save(state)
         ckpt.wait()
         if final_step >= total_steps:
-            export_ema_params(os.path.join(workdir, "export"), state, model.config)
+            task.export(os.path.join(workdir, "export"), state.ema_params, state.frozen)
     finally:
         ckpt.close()
         logger.close()
-    return {**last, "step": final_step, "preempted": preempted, "data/skipped": skips.count}
+    return {**deferred.last, "step": final_step, "preempted": preempted, "data/skipped": task.skipped_records()}

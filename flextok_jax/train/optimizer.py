@@ -16,7 +16,7 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> 
         peak_value=opt.lr,
         warmup_steps=warmup,
         decay_steps=max(int(total_steps), warmup + 1),
-        end_value=opt.lr * opt.get("end_lr_factor", 0.0),
+        end_value=opt.lr * opt.end_lr_factor,
     )
 
 
@@ -32,7 +32,7 @@ def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int) -> tuple[op
     if opt.grad_clip and opt.grad_clip > 0:
         chain.append(optax.clip_by_global_norm(opt.grad_clip))
     chain.append(
-        optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.get("eps", 1e-8), weight_decay=opt.weight_decay, mask=_decay_mask)
+        optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=_decay_mask)
     )
     return optax.chain(*chain), schedule
 

@@ -11,10 +11,10 @@ import jax
 class TrainState:
     """One pytree, so it can be jitted, sharded, donated and checkpointed as a whole.
 
-    params: trainable parameters {'encoder', 'decoder'[, 'repa_proj']}; frozen: parameters that are
-    used but never updated ({'vae'} or {}); opt_state: optax state shaped like params;
-    ema_params: exponential moving average of params; rng: uint32 [2] raw key data (the key of
-    step s is fold_in(rng, s), so a resumed run draws the same randomness); step: int32 [].
+    params: the task's trainable parameters; frozen: parameters the loss uses but never updates
+    (e.g. {'vae'}, or {}); opt_state: optax state shaped like params; ema_params: exponential
+    moving average of params; rng: uint32 [2] raw key data (the key of step s is
+    fold_in(rng, s), so a resumed run draws the same randomness); step: int32 [].
     """
 
     step: jax.Array
