@@ -18,16 +18,25 @@ import pathlib
 import sys
 from typing import Any, Iterator, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+from flax.serialization import msgpack_restore, msgpack_serialize
+from PIL import Image
+from tqdm import tqdm
+
+from flextok_jax.checkpoint_official import load_official_checkpoint, read_safetensors_metadata
+from flextok_jax.data.image_folder import IMAGE_EXTENSIONS, image_files
+from flextok_jax.data.skips import is_skipped
+from flextok_jax.data.transforms import prepare_eval_image
+from flextok_jax.params_io import FORMAT, load_model
 
 log = logging.getLogger("flextok_jax.cli")
 
 
 def load_checkpoint(path: str | os.PathLike, vae_config: str | None = None, dtype: Any = np.float32):
     """(FlexTok, params) from an official checkpoint or one of ours, told apart by its metadata."""
-    from flextok_jax.checkpoint_official import read_safetensors_metadata, load_official_checkpoint
-    from flextok_jax.params_io import FORMAT, load_model
-
     meta = read_safetensors_metadata(path)
     if meta.get("format") == FORMAT:
         return load_model(path, dtype=dtype)
@@ -40,8 +49,6 @@ def load_checkpoint(path: str | os.PathLike, vae_config: str | None = None, dtyp
 
 def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
     """Image files under ``folder`` (recursively, hidden ones left out), sorted for a stable order."""
-    from flextok_jax.data.image_folder import image_files
-
     if not pathlib.Path(folder).is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
     return image_files(folder)
@@ -49,9 +56,6 @@ def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
 
 def load_images(files: Sequence[pathlib.Path], size: int) -> Iterator[tuple[pathlib.Path, np.ndarray]]:
     """Yield (file, float32 [size, size, 3] in [-1, 1]); unreadable files are logged and skipped."""
-    from flextok_jax.data.skips import is_skipped
-    from flextok_jax.data.transforms import prepare_eval_image
-
     for i, path in enumerate(files):
         try:
             record: Any = {"image": path.read_bytes(), "index": i, "file_name": str(path)}
@@ -80,9 +84,6 @@ def write_tokens(path: str | os.PathLike, files: Sequence[str], tokens: np.ndarr
     """Write token ids [N, k] with their source file names (.npz or .array_record)."""
     path = os.fspath(path)
     if path.endswith(".array_record"):
-        from array_record.python.array_record_module import ArrayRecordWriter
-        from flax.serialization import msgpack_serialize
-
         writer = ArrayRecordWriter(path, "group_size:1")
         for name, ids in zip(files, tokens):
             writer.write(msgpack_serialize({"file": name, "tokens": np.asarray(ids, np.int32)}))
@@ -95,9 +96,6 @@ def read_tokens(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     """Inverse of ``write_tokens``: (file names, int32 tokens [N, k])."""
     path = os.fspath(path)
     if path.endswith(".array_record"):
-        from array_record.python.array_record_module import ArrayRecordReader
-        from flax.serialization import msgpack_restore
-
         reader = ArrayRecordReader(path)
         records = [msgpack_restore(r) for r in reader.read_all()]
         reader.close()
@@ -108,12 +106,8 @@ def read_tokens(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
 
 def tokenize_folder(model, params, folder: str, out: str, batch_size: int = 8, num_tokens: int | None = None) -> int:
     """Tokenize every image in ``folder`` into ``out``; returns the number tokenized."""
-    from tqdm import tqdm
-
     files = list_images(folder)
     if not files:
-        from flextok_jax.data.image_folder import IMAGE_EXTENSIONS
-
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
     size = model.config.image_size[0]
     names, ids = [], []
@@ -129,23 +123,36 @@ def tokenize_folder(model, params, folder: str, out: str, batch_size: int = 8, n
     return len(names)
 
 
+def effective_keep_k(keep_k: Sequence[int], n_given: int) -> list[int]:
+    """The k to decode for each requested k: clipped to the ``n_given`` tokens per image (with a
+    warning naming both), duplicates after clipping dropped, order kept."""
+    out: list[int] = []
+    for k in keep_k:
+        if k < 1:
+            raise ValueError(f"--keep_k values must be >= 1, got {k}")
+        if k > n_given:
+            log.warning("requested k=%d, but the token file holds %d tokens per image: decoding k=%d", k, n_given, n_given)
+            k = n_given
+        if k not in out:
+            out.append(k)
+    return out
+
+
 def detokenize_file(model, params, tokens_path: str, out_dir: str, keep_k: Sequence[int], batch_size: int = 8,
                     num_steps: int = 25, guidance_scale: float = 1.0, guidance: str = "cfg", seed: int = 0) -> list[str]:
-    """Decode every token list at each k in ``keep_k``; writes ``{name}_k{k}.png``, returns paths."""
-    import jax
-    from PIL import Image
-    from tqdm import tqdm
-
+    """Decode every token list at each k in ``keep_k`` (clipped to the tokens the file holds);
+    writes ``{name}_k{k}.png`` named by the k actually used, returns the paths."""
     names, tokens = read_tokens(tokens_path)
+    ks = effective_keep_k(keep_k, tokens.shape[1])
     os.makedirs(out_dir, exist_ok=True)
     written = []
     rng = jax.random.key(seed)
-    with tqdm(total=len(names) * len(keep_k), unit="img", desc="detokenize") as bar:
-        for k in keep_k:
+    with tqdm(total=len(names) * len(ks), unit="img", desc="detokenize") as bar:
+        for k in ks:
             for start in range(0, len(names), batch_size):
                 rng, sub = jax.random.split(rng)
                 chunk = tokens[start : start + batch_size]
-                images = model.detokenize(params, chunk, keep_k=min(k, chunk.shape[1]), num_steps=num_steps,
+                images = model.detokenize(params, chunk, keep_k=k, num_steps=num_steps,
                                           guidance_scale=guidance_scale, guidance=guidance, rng=sub)
                 pixels = np.clip((np.asarray(images) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
                 for name, px in zip(names[start : start + batch_size], pixels):
@@ -180,18 +187,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--guidance", choices=("cfg", "apg"), default="cfg")
     d.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-
-    import jax.numpy as jnp
-
-    model, params = load_checkpoint(args.checkpoint, args.vae_config, jnp.dtype(args.dtype))
-    if args.command == "tokenize":
-        n = tokenize_folder(model, params, args.images, args.out, args.batch_size, args.num_tokens)
-        print(f"wrote tokens of {n} images to {args.out}")
-    else:
-        paths = detokenize_file(model, params, args.tokens, args.out_dir, args.keep_k, args.batch_size,
-                                args.steps, args.guidance_scale, args.guidance, args.seed)
-        print(f"wrote {len(paths)} images to {args.out_dir}")
+    # Our messages at INFO; everyone else's (e.g. jax's note about a missing TPU backend) at
+    # WARNING and above only.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    log.setLevel(logging.INFO)
+    try:
+        model, params = load_checkpoint(args.checkpoint, args.vae_config, jnp.dtype(args.dtype))
+        if args.command == "tokenize":
+            n = tokenize_folder(model, params, args.images, args.out, args.batch_size, args.num_tokens)
+            print(f"wrote tokens of {n} images to {args.out}")
+        else:
+            paths = detokenize_file(model, params, args.tokens, args.out_dir, args.keep_k, args.batch_size,
+                                    args.steps, args.guidance_scale, args.guidance, args.seed)
+            print(f"wrote {len(paths)} images to {args.out_dir}")
+    except (FileNotFoundError, ValueError, TypeError) as e:
+        # Bad input: one clear line, not a traceback.
+        print(f"flextok {args.command}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

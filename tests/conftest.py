@@ -30,3 +30,14 @@ def parity_io(parity_dir):
 
     with np.load(parity_dir / "flextok_tiny_io.npz") as f:
         return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="session")
+def tiny(parity_dir, parity_io):
+    """(FlexTok, params) of the official tiny parity checkpoint."""
+    import flextok_jax
+    from helpers import fixture_vae_config
+
+    return flextok_jax.load_official_checkpoint(
+        parity_dir / "flextok_tiny.safetensors", vae_config=fixture_vae_config(parity_io)
+    )

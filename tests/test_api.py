@@ -10,14 +10,7 @@ import flextok_jax
 from flextok_jax import parallel
 from flextok_jax.params_io import load_model, load_params, save_params
 
-from test_parity import fixture_vae_config, max_err, nhwc
-
-
-@pytest.fixture(scope="module")
-def tiny(parity_dir, parity_io):
-    return flextok_jax.load_official_checkpoint(
-        parity_dir / "flextok_tiny.safetensors", vae_config=fixture_vae_config(parity_io)
-    )
+from helpers import fixture_vae_config, max_err, nhwc
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +33,32 @@ def test_tokenize_rejects_bad_images(tiny, bad, match):
     model, params = tiny
     with pytest.raises(ValueError, match=match):
         model.tokenize(params, bad)
+
+
+def test_tokenize_rejects_non_finite_images(tiny):
+    """NaN compares false, so a range check alone lets it through: non-finite values are counted."""
+    model, params = tiny
+    images = np.zeros((2, 64, 64, 3), np.float32)
+    images[0, 1, 2, 0] = np.nan
+    images[1, 5, 5, 1] = np.inf
+    images[1, 6, 5, 2] = -np.inf
+    with pytest.raises(ValueError, match=r"3 non-finite values \(NaN or inf\)"):
+        model.tokenize(params, images)
+    with pytest.raises(ValueError, match="1 non-finite"):
+        model.tokenize(params, jnp.asarray(images[:1]))  # a device array too
+
+
+def test_image_checks_read_only_local_shards(tiny):
+    """On a global array the checks read the addressable shards (what each host holds), here
+    all 8 of a batch-sharded array, and find a bad value in any of them."""
+    model, params = tiny
+    mesh = parallel.make_mesh((8, 1, 1))
+    images = np.zeros((8, 64, 64, 3), np.float32)
+    images[7, 0, 0, 0] = 2.0  # in the last device's shard
+    sharded = jax.device_put(images, parallel.batch_sharding(mesh))
+    assert len(sharded.addressable_shards) == 8
+    with pytest.raises(ValueError, match=r"\[-1, 1\], got \[0, 2\]"):
+        model.tokenize(params, sharded)
 
 
 def test_tokenize_rejects_uint8(tiny):

@@ -4,6 +4,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from flextok_jax.benchmarks.__main__ import COLUMNS
@@ -50,3 +51,17 @@ def test_table_columns_and_positive_numbers(table):
             if col == "program MiB" and values[col] == "nan":
                 continue  # the matmul ceiling rows have no program analysis
             assert float(values[col]) > 0, (col, row)
+
+
+def test_table_numbers_are_consistent(table):
+    """Each row's derived columns follow from its measured ones, and the exact shortcuts show:
+    the encoder at k = 2 computes fewer FLOPs than at k = 16."""
+    header, rows = parse_table(table)
+    for row in rows:
+        v = {c: float(x) for c, x in zip(header, row) if c not in ("what", "k", "dtype")}
+        np.testing.assert_allclose(v["images/s"], v["batch"] / v["seconds"], rtol=2e-3, err_msg=row[0])
+        gflop_s = v["GFLOP/image"] * v["batch"] / v["seconds"]
+        np.testing.assert_allclose(v["GFLOP/s"], gflop_s, rtol=2e-3, err_msg=row[0])
+        assert 0 < v["% ceiling"] < 150, row
+    encoder = {r[2]: float(r[6]) for r in rows if r[0].endswith(" encoder")}
+    assert encoder["2"] < encoder["16"], encoder

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from flextok_jax import cli
-from test_parity import fixture_vae_config
+from helpers import fixture_vae_config
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,23 @@ def test_tokenize_then_detokenize(tmp_path, parity_dir, parity_io, vae_json, ima
     files = sorted(p.name for p in out_dir.iterdir())
     assert files == ["a_k1.png", "a_k16.png", "sub__b_k1.png", "sub__b_k16.png"]
     assert Image.open(out_dir / "a_k16.png").size == (64, 64)
+
+    # A k beyond the 16 tokens the file holds is clipped, said so, and the files are named by the
+    # k used: 99 decodes as 16 (written once), not as "_k99".
+    clipped = tmp_path / "clipped"
+    caplog.clear()
+    assert cli.main(["detokenize", "--checkpoint", ckpt, "--vae_config", str(vae_json), "--tokens", str(out),
+                     "--out_dir", str(clipped), "--keep_k", "99", "16", "--steps", "2"]) == 0
+    assert sorted(p.name for p in clipped.iterdir()) == ["a_k16.png", "sub__b_k16.png"]
+    assert "requested k=99" in caplog.text and "decoding k=16" in caplog.text
+
+
+def test_cli_prints_no_backend_noise(tmp_path):
+    """jax's INFO line about a missing TPU backend (libtpu) is not shown to CLI users."""
+    proc = subprocess.run([sys.executable, "-m", "flextok_jax.cli", "detokenize", "--checkpoint", str(tmp_path / "x"),
+                           "--tokens", "t.npz", "--out_dir", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "x" in proc.stderr
+    assert "libtpu" not in proc.stderr and "Unable to initialize backend" not in proc.stderr, proc.stderr
 
 
 def test_cli_rejects_checkpoint_of_another_vae(tmp_path, parity_dir):

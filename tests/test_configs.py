@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
-from test_train_common import REPO
+from helpers import REPO
 
 from flextok_jax.model.config import FlexTokConfig, from_configdict
 from flextok_jax.model.flextok import FlexTok

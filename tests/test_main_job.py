@@ -3,7 +3,7 @@ import json
 import subprocess
 import sys
 
-from test_train_common import REPO
+from helpers import REPO
 
 
 def test_main_job_short_run_is_coarse_to_fine(tmp_path):

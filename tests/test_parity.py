@@ -11,39 +11,10 @@ import pytest
 import flextok_jax
 from flextok_jax.model.decoder import timestep_sinusoid
 from flextok_jax.model.fsq import codes_to_ids, fsq_quantize, ids_to_codes
-from flextok_jax.model.vae import VAEConfig
+from helpers import max_err, nchw, nhwc
 
 FORWARD_TOL = 1e-4
 SAMPLER_TOL = 1e-3
-
-
-def nhwc(x):
-    return np.asarray(x).transpose(0, 2, 3, 1)
-
-
-def nchw(x):
-    return np.asarray(x).transpose(0, 3, 1, 2)
-
-
-def fixture_vae_config(io) -> VAEConfig:
-    return VAEConfig(
-        block_out_channels=tuple(int(c) for c in io["vae_cfg_block_out_channels"]),
-        layers_per_block=int(io["vae_cfg_layers_per_block"]),
-        norm_num_groups=int(io["vae_cfg_norm_num_groups"]),
-        mid_block_add_attention=bool(io["vae_cfg_mid_block_add_attention"]),
-        latent_channels=16,
-    )
-
-
-@pytest.fixture(scope="module")
-def tiny(parity_dir, parity_io):
-    return flextok_jax.load_official_checkpoint(
-        parity_dir / "flextok_tiny.safetensors", vae_config=fixture_vae_config(parity_io)
-    )
-
-
-def max_err(a, b):
-    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
 
 
 def test_config_read_from_metadata(tiny, parity_io):

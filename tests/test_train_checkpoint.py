@@ -10,29 +10,19 @@ import time
 import jax
 import numpy as np
 import pytest
-from test_train_common import REPO, losses, small_config
+from helpers import REPO, losses, small_config
 
-from flextok_jax import load_model, parallel
+from flextok_jax import load_model
 from flextok_jax.checkpoint_official import load_official_checkpoint
 from flextok_jax.data import ProceduralImageSource
-from flextok_jax.train import (
-    Checkpointer,
-    TrainingDivergedError,
-    build,
-    make_optimizer,
-    state_shardings,
-    train,
-)
+from flextok_jax.train import Checkpointer, NoRestorableCheckpointError, TrainingDivergedError, TrainSetup, train
 
 
 def _restore(config, workdir, step=None):
-    setup = build(config)
-    tx, _ = make_optimizer(config.optimizer, config.train.total_steps)
-    mesh = parallel.make_mesh(tuple(config.mesh.shape))
-    abstract, _ = state_shardings(setup.model, tx, setup.hp, mesh, tuple(config.sharding.rules))
+    setup = TrainSetup.from_config(config)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
-        return ckpt.restore(abstract, step)
+        return ckpt.restore(setup.abstract_state, step)
     finally:
         ckpt.close()
 
@@ -101,6 +91,38 @@ def test_sigterm_saves_and_resumes(tmp_path, reference):
     _assert_same_run(tmp_path, reference)
 
 
+def _corrupt_data_files(step_dir):
+    """Overwrite every array data file of a checkpoint (a disk or network-filesystem fault)."""
+    hit = 0
+    for path in (step_dir / "state").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0 and path.suffix != ".json" and "_METADATA" not in path.name:
+            path.write_bytes(b"\0garbage" * 64)
+            hit += 1
+    assert hit, f"no data files found under {step_dir / 'state'}"
+
+
+def test_corrupt_newest_checkpoint_resumes_from_the_one_before(tmp_path, reference, caplog):
+    train(small_config(stop_at_step=6), tmp_path)
+    assert Checkpointer(tmp_path / "checkpoints").all_steps() == [3, 6]
+    _corrupt_data_files(tmp_path / "checkpoints" / "6")
+    with caplog.at_level("WARNING"):
+        result = train(small_config(), tmp_path)
+    assert result["step"] == 12
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "step 6" in warned and "cannot be restored" in warned, warned
+    # The unreadable step stays where it was; the run resumed from step 3 and matches the
+    # uninterrupted run (steps 4-6 were recomputed, and their second log lines win).
+    assert (tmp_path / "checkpoints" / "6").is_dir()
+    _assert_same_run(tmp_path, reference)
+
+
+def test_no_restorable_checkpoint_is_a_short_error(tmp_path):
+    train(small_config(stop_at_step=3), tmp_path)
+    _corrupt_data_files(tmp_path / "checkpoints" / "3")
+    with pytest.raises(NoRestorableCheckpointError, match=r"step 3 \("):
+        train(small_config(), tmp_path)
+
+
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
     config = small_config()
     config.optimizer.lr = 1e30
@@ -145,7 +167,7 @@ def test_finetune_from_official_checkpoint(tmp_path, parity_dir):
     config.model.vae = {"block_out_channels": (16, 32, 32, 32), "layers_per_block": 1, "norm_num_groups": 8}
     config.data.image_size = 64
     config.train.global_batch_size = 8
-    official_model, official = load_official_checkpoint(path, build(config).model.config.vae)
+    official_model, official = load_official_checkpoint(path, TrainSetup.from_config(config).task.model.config.vae)
     result = train(config, tmp_path)
     assert np.isfinite(result["loss"]) and result["step"] == 2
     model, exported = load_model(tmp_path / "export" / "flextok.safetensors")

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 
-from test_train_common import REPO
+from helpers import REPO
 
 
 def _free_port() -> int:

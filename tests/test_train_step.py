@@ -1,29 +1,21 @@
 """The train step: identical on every mesh, nested-dropout budgets, the loss falls."""
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from test_train_common import small_config
+from helpers import losses, small_config
 
-from flextok_jax import parallel
-from flextok_jax.train import build, create_train_state, make_optimizer, make_train_step, sample_keep_k, train
-from flextok_jax.train.grid import token_budgets
-from flextok_jax.train.sharding import jit_train_step
+from flextok_jax import load_model, parallel
+from flextok_jax.model.flextok import token_budgets
+from flextok_jax.train import TrainSetup, make_train_step, sample_keep_k, train
 
 
 def _one_step(config, mesh_shape, images):
-    setup = build(config)
-    tx, schedule = make_optimizer(config.optimizer, config.train.total_steps)
+    config.mesh.shape = mesh_shape
     n = int(np.prod(mesh_shape))
-    mesh = parallel.make_mesh(mesh_shape, devices=jax.devices()[:n])
-    rules = tuple(config.sharding.rules)
-    state, shardings = create_train_state(setup.model, tx, setup.hp, mesh, rules, 0)
-    step = make_train_step(setup.model, tx, setup.hp, schedule, setup.teacher)
-    image_sharding = parallel.batch_sharding(mesh)
-    f = jit_train_step(step, mesh, rules, shardings)  # the loop's own jit
-    state, metrics = f(state, {"image": jax.device_put(images, image_sharding)})
+    setup = TrainSetup.from_config(config, devices=jax.devices()[:n])
+    state, metrics = setup.run_step(setup.init_state(), {"image": images})  # the loop's own step
     return jax.tree.map(np.asarray, state.params), {k: float(v) for k, v in metrics.items()}
 
 
@@ -67,16 +59,12 @@ def test_loss_falls_and_writes_grid(tmp_path):
     config.log.grid_every_steps = 60
     config.log.grid_sample_steps = 2
     result = train(config, tmp_path)
-    from test_train_common import losses
-
     loss = losses(tmp_path)
     first, last = np.mean([loss[s] for s in range(1, 6)]), np.mean([loss[s] for s in range(56, 61)])
     assert last < 0.75 * first, (first, last)
     assert result["step"] == 60 and not result["preempted"]
     assert (tmp_path / "grids" / "step_00000060.png").exists()
     # Training to total_steps exports the EMA weights for tokenize / detokenize.
-    from flextok_jax import load_model
-
     model, params = load_model(tmp_path / "export" / "flextok.safetensors")
     images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     tokens = model.tokenize(params, images)
@@ -85,20 +73,18 @@ def test_loss_falls_and_writes_grid(tmp_path):
 
 
 def test_train_step_keeps_the_models_sharding_constraints():
-    """jit_train_step traces with the mesh and rules in effect wherever it is first called, so the
-    model's nn.with_logical_constraint annotations reach the compiled program."""
+    """The setup's step traces with the mesh and rules in effect wherever it is first called, so
+    the model's nn.with_logical_constraint annotations reach the compiled program."""
     config = small_config()
-    setup = build(config)
-    tx, schedule = make_optimizer(config.optimizer, config.train.total_steps)
-    mesh = parallel.make_mesh((2, 2, 2))
-    rules = tuple(config.sharding.rules)
-    state, shardings = create_train_state(setup.model, tx, setup.hp, mesh, rules, 0)
-    step = jit_train_step(make_train_step(setup.model, tx, setup.hp, schedule, setup.teacher), mesh, rules, shardings)
-    images = jax.device_put(np.zeros((8, 32, 32, 3), np.float32), parallel.batch_sharding(mesh))
-    hlo = step.lower(state, {"image": images}).as_text()  # outside any mesh / rules context
+    config.mesh.shape = (2, 2, 2)
+    setup = TrainSetup.from_config(config)
+    state = setup.init_state()
+    host = {"image": np.zeros((8, 32, 32, 3), np.float32)}
+    hlo = setup.step.lower(state, setup.global_batch(host)).as_text()  # outside any mesh / rules context
     constraints = hlo.count("sharding_constraint")
     assert constraints >= 2 * config.model.decoder.depth, constraints
     # Without the rules at trace time the same step loses them (what the loop used to compile).
-    bare = jax.jit(make_train_step(setup.model, tx, setup.hp, schedule, setup.teacher))
-    with jax.set_mesh(mesh):
-        assert bare.lower(state, {"image": images}).as_text().count("sharding_constraint") == 0
+    bare = jax.jit(make_train_step(setup.task.loss, setup.tx, 0.99, setup.schedule))
+    images = {"image": jax.device_put(host["image"], parallel.batch_sharding(setup.mesh))}
+    with jax.set_mesh(setup.mesh):
+        assert bare.lower(state, images).as_text().count("sharding_constraint") == 0

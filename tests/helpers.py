@@ -1,0 +1,80 @@
+"""Helpers shared by the tests (one module; test files do not import from each other)."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+import tempfile
+
+import jax
+import ml_collections
+import numpy as np
+
+from flextok_jax.model.vae import VAEConfig
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# configs/ is a top-level folder of the repo, not an installed package.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from configs import tiny_cpu  # noqa: E402
+
+# Many tests compile the same tiny train step (same config and mesh): a persistent compilation
+# cache shared by this session and its subprocesses compiles each one once.
+COMPILATION_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="flextok_jit_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def max_err(a, b) -> float:
+    """Largest absolute difference, computed in float64."""
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+def nhwc(x) -> np.ndarray:
+    """[B, C, H, W] (the fixtures' torch layout) -> [B, H, W, C]."""
+    return np.asarray(x).transpose(0, 2, 3, 1)
+
+
+def nchw(x) -> np.ndarray:
+    """[B, H, W, C] -> [B, C, H, W]."""
+    return np.asarray(x).transpose(0, 3, 1, 2)
+
+
+def fixture_vae_config(io) -> VAEConfig:
+    """The VAE architecture of the tiny parity checkpoint (not recorded in its metadata)."""
+    return VAEConfig(
+        block_out_channels=tuple(int(c) for c in io["vae_cfg_block_out_channels"]),
+        layers_per_block=int(io["vae_cfg_layers_per_block"]),
+        norm_num_groups=int(io["vae_cfg_norm_num_groups"]),
+        mid_block_add_attention=bool(io["vae_cfg_mid_block_add_attention"]),
+        latent_channels=16,
+    )
+
+
+def small_config(**train_overrides) -> ml_collections.ConfigDict:
+    """tiny_cpu with logging every step, no grids or progress bar, sync checkpoints."""
+    c = tiny_cpu.get_config()
+    c.train.total_steps = 12
+    c.train.global_batch_size = 16
+    c.optimizer.warmup_steps = 2
+    c.log.every_steps = 1
+    c.log.grid_every_steps = 0
+    c.log.progress = False
+    c.checkpoint.every_steps = 3
+    c.checkpoint.keep = 10
+    for k, v in train_overrides.items():
+        c.train[k] = v
+    return c
+
+
+def losses(workdir: str | os.PathLike) -> dict[int, float]:
+    """step -> loss from WORKDIR/metrics.jsonl (a later line for a step wins)."""
+    out = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            out[row["step"]] = row["loss"]
+    return out
