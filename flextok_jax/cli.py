@@ -157,6 +157,61 @@ def detokenize_file(model, params, tokens_path: str, out_dir: str, keep_k: Seque
     return written
 
 
+def tokenize_dataset_command(args: argparse.Namespace) -> int:
+    """``tokenize-dataset``: a training source -> token shards (``data.token_dataset``) in ``args.out``."""
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from flextok_jax.data.factory import get_source
+    from flextok_jax.data.token_dataset import tokenize_dataset
+    from flextok_jax.parallel import initialize_distributed, make_mesh
+
+    initialize_distributed()  # several processes (FLEXTOK_NUM_PROCESSES, SLURM) split the shards
+    model, params = load_checkpoint(args.checkpoint, args.vae_config, jnp.dtype(args.dtype))
+    fields = ("source", "split", "folder", "data_dir", "name", "num_images", "image_size", "seed")
+    data = {f: getattr(args, f) for f in fields}
+    source = get_source(ml_collections.ConfigDict(data))
+    # Each process splits its batches over its own devices only: tokenizing needs no collectives.
+    mesh = make_mesh((-1, 1, 1), devices=jax.local_devices())
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    summary = tokenize_dataset(
+        model, params, source, args.out, image_size=args.image_size, batch_size=args.batch_size,
+        num_tokens=args.num_tokens, records_per_shard=args.records_per_shard, augment=tuple(args.augment),
+        mesh=mesh, metadata={"checkpoint": os.path.abspath(args.checkpoint), "data": data},
+    )
+    print(json.dumps(summary))
+    return 0
+
+
+def add_tokenize_dataset_parser(sub: Any) -> None:
+    """Registers ``tokenize-dataset`` on the subcommand parsers ``sub``."""
+    from flextok_jax.data.factory import SOURCES
+    from flextok_jax.data.token_dataset import DEFAULT_RECORDS_PER_SHARD
+    from flextok_jax.data.token_views import AUGMENTATIONS
+
+    p = sub.add_parser("tokenize-dataset", help="tokenize a training source into array_record token shards")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--vae_config", help="diffusers config.json of a non-standard VAE (official checkpoints)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--source", required=True, choices=SOURCES)
+    p.add_argument("--split", help="fashion_mnist: train|test; image_folder: tfds slice; tfds: required")
+    p.add_argument("--folder", help="image_folder: the folder of images")
+    p.add_argument("--data_dir", help="image_folder / tfds: the tfds data_dir")
+    p.add_argument("--name", help="tfds: dataset name")
+    p.add_argument("--num_images", type=int, default=1024, help="procedural: number of pictures")
+    p.add_argument("--seed", type=int, default=0, help="procedural: picture seed")
+    p.add_argument("--image_size", type=int, required=True)
+    p.add_argument("--out", required=True, help="output folder (rerun the command to resume)")
+    p.add_argument("--num_tokens", type=int, help="keep only the first k tokens (default: all)")
+    p.add_argument("--augment", nargs="*", default=[], choices=AUGMENTATIONS,
+                   help="extra views per image: flip, and/or crop (ten-crop with flip)")
+    p.add_argument("--batch_size", type=int, default=64, help="per process; divisible by its device count")
+    p.add_argument("--records_per_shard", type=int, default=DEFAULT_RECORDS_PER_SHARD)
+    p.set_defaults(run=tokenize_dataset_command)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flextok_jax.cli", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -179,8 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--guidance_scale", type=float, default=1.0)
     d.add_argument("--guidance", choices=("cfg", "apg"), default="cfg")
     d.add_argument("--seed", type=int, default=0)
+    add_tokenize_dataset_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if hasattr(args, "run"):
+        return args.run(args)
 
     import jax.numpy as jnp
 
