@@ -7,6 +7,7 @@ import pathlib
 import pickle
 import re
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -251,6 +252,24 @@ def test_corrupt_images_are_skipped_counted_and_named(tiny, tmp_path, caplog):
 # --------------------------------------------------------------------------- reading
 
 
+def test_record_layout_is_the_documented_struct():
+    tokens = np.array([[0, 999, 65535], [7, 8, 9]])
+    records = R.encode_records(tokens, np.int32([4, -1]), np.int64([2**40, 3]), np.uint8([0, 11]))
+    # Independently of numpy's structured dtype: header "<4sBBHiq" (20 bytes), then uint16 tokens.
+    assert [len(r) for r in records] == [26, 26]
+    assert struct.unpack("<4sBBHiq", records[0][:20]) == (b"FTOK", 1, 0, 3, 4, 2**40)
+    assert struct.unpack("<4sBBHiq", records[1][:20]) == (b"FTOK", 1, 11, 3, -1, 3)
+    assert np.frombuffer(records[0][20:], "<u2").tolist() == [0, 999, 65535]
+    rows = R.decode_records(records, 3, "record {}".format)
+    np.testing.assert_array_equal(rows["tokens"], tokens)
+    with pytest.raises(ValueError, match="record 1: record has 5 bytes, expected 26 for 3 tokens"):
+        R.decode_records([records[0], b"12345"], 3, "record {}".format)
+    with pytest.raises(ValueError, match="record 0: not a token record"):
+        R.decode_records([b"X" + records[0][1:]], 3, "record {}".format)
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 65536\)"):
+        R.encode_records(np.array([[65536]]), np.int32([0]), np.int64([0]), np.uint8([0]))
+
+
 def test_batches_shapes_split_and_iterator_state(reference):
     src, everything = _read_all(reference)
     per_process = []
@@ -312,10 +331,6 @@ def test_truncated_or_corrupt_shards_are_named(reference, tmp_path):
     with pytest.raises(ValueError, match=f"token shard {re.escape(str(corrupt / shard))} record 0 is unreadable"):
         TokenDataSource(corrupt)[8]
 
-    with pytest.raises(ValueError, match="record has 5 bytes, expected 52 for 16 tokens"):
-        R.decode_record(b"12345", 16, "here")
-    with pytest.raises(ValueError, match="not a token record"):
-        R.decode_record(b"\0" * 52, 16, "here")
 
 
 # --------------------------------------------------------------------------- command line

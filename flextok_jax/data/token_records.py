@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -74,20 +74,28 @@ def encode_records(tokens: np.ndarray, labels: np.ndarray, indices: np.ndarray, 
     return [row.tobytes() for row in rows]
 
 
-def decode_record(data: bytes, num_tokens: int, where: str) -> np.void:
-    """One record's bytes -> a structured numpy scalar; ValueError naming ``where`` if malformed."""
+def decode_records(records: Sequence[bytes], num_tokens: int, where: Callable[[int], str]) -> np.ndarray:
+    """R records' bytes -> a structured array [R] of ``record_dtype(num_tokens)``.
+
+    ValueError naming ``where(i)`` for the first malformed record i (size, magic, version, n).
+    """
     dtype = record_dtype(num_tokens)
-    if len(data) != dtype.itemsize:
-        raise ValueError(f"{where}: record has {len(data)} bytes, expected {dtype.itemsize} for {num_tokens} tokens")
-    row = np.frombuffer(data, dtype)[0]
-    if row["magic"] != MAGIC or row["version"] != RECORD_VERSION:
+    for i, data in enumerate(records):
+        if len(data) != dtype.itemsize:
+            raise ValueError(f"{where(i)}: record has {len(data)} bytes, expected {dtype.itemsize} for {num_tokens} tokens")
+    rows = np.frombuffer(b"".join(records), dtype)
+    bad = (rows["magic"] != MAGIC) | (rows["version"] != RECORD_VERSION)
+    if bad.any():
+        i = int(np.argmax(bad))
         raise ValueError(
-            f"{where}: not a token record (magic {bytes(row['magic'])!r}, version {row['version']}; "
+            f"{where(i)}: not a token record (magic {bytes(rows['magic'][i])!r}, version {rows['version'][i]}; "
             f"expected {MAGIC!r}, version {RECORD_VERSION})"
         )
-    if row["num_tokens"] != num_tokens:
-        raise ValueError(f"{where}: record holds {row['num_tokens']} tokens, the manifest says {num_tokens}")
-    return row
+    wrong_n = rows["num_tokens"] != num_tokens
+    if wrong_n.any():
+        i = int(np.argmax(wrong_n))
+        raise ValueError(f"{where(i)}: record holds {rows['num_tokens'][i]} tokens, the manifest says {num_tokens}")
+    return rows
 
 
 def shard_name(shard: int, num_shards: int) -> str:
