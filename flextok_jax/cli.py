@@ -2,6 +2,7 @@
 
     python -m flextok_jax.cli tokenize   --checkpoint CKPT --images DIR --out tokens.npz
     python -m flextok_jax.cli detokenize --checkpoint CKPT --tokens tokens.npz --out_dir DIR --keep_k 1 16 256
+    python -m flextok_jax.cli tokenize-dataset --checkpoint CKPT --source fashion_mnist --image_size 32 --out DIR
 
 CKPT is an official FlexTok ``.safetensors`` (``--vae_config`` takes a diffusers config.json for a
 non-standard VAE) or a file written by ``flextok_jax.save_params`` with its config.
@@ -20,16 +21,22 @@ from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 from flax.serialization import msgpack_restore, msgpack_serialize
+from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 from tqdm import tqdm
 
 from flextok_jax.checkpoint_official import load_official_checkpoint, read_safetensors_metadata
+from flextok_jax.data.factory import SOURCES, get_source
+from flextok_jax.data.token_dataset import DEFAULT_RECORDS_PER_SHARD, tokenize_dataset
+from flextok_jax.data.token_views import AUGMENTATIONS
 from flextok_jax.data.image_folder import IMAGE_EXTENSIONS, image_files
 from flextok_jax.data.skips import is_skipped
 from flextok_jax.data.transforms import prepare_eval_image
+from flextok_jax.parallel import initialize_distributed, make_mesh
 from flextok_jax.params_io import FORMAT, load_model
 
 log = logging.getLogger("flextok_jax.cli")
@@ -164,6 +171,48 @@ def detokenize_file(model, params, tokens_path: str, out_dir: str, keep_k: Seque
     return written
 
 
+def tokenize_dataset_command(args: argparse.Namespace) -> int:
+    """``tokenize-dataset``: a training source -> token shards (``data.token_dataset``) in ``args.out``."""
+    initialize_distributed()  # several processes (FLEXTOK_NUM_PROCESSES, SLURM) split the shards
+    model, params = load_checkpoint(args.checkpoint, args.vae_config, jnp.dtype(args.dtype))
+    fields = ("source", "split", "folder", "data_dir", "name", "num_images", "image_size", "seed")
+    data = {f: getattr(args, f) for f in fields}
+    source = get_source(ml_collections.ConfigDict(data))
+    # Each process splits its batches over its own devices only: tokenizing needs no collectives.
+    mesh = make_mesh((-1, 1, 1), devices=jax.local_devices())
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    summary = tokenize_dataset(
+        model, params, source, args.out, image_size=args.image_size, batch_size=args.batch_size,
+        num_tokens=args.num_tokens, records_per_shard=args.records_per_shard, augment=tuple(args.augment),
+        mesh=mesh, metadata={"checkpoint": os.path.abspath(args.checkpoint), "data": data},
+    )
+    print(json.dumps(summary))
+    return 0
+
+
+def add_tokenize_dataset_parser(sub: Any) -> None:
+    """Registers ``tokenize-dataset`` on the subcommand parsers ``sub``."""
+    p = sub.add_parser("tokenize-dataset", help="tokenize a training source into array_record token shards")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--vae_config", help="diffusers config.json of a non-standard VAE (official checkpoints)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--source", required=True, choices=SOURCES)
+    p.add_argument("--split", help="fashion_mnist: train|test; image_folder: tfds slice; tfds: required")
+    p.add_argument("--folder", help="image_folder: the folder of images")
+    p.add_argument("--data_dir", help="image_folder / tfds: the tfds data_dir")
+    p.add_argument("--name", help="tfds: dataset name")
+    p.add_argument("--num_images", type=int, default=1024, help="procedural: number of pictures")
+    p.add_argument("--seed", type=int, default=0, help="procedural: picture seed")
+    p.add_argument("--image_size", type=int, required=True)
+    p.add_argument("--out", required=True, help="output folder (rerun the command to resume)")
+    p.add_argument("--num_tokens", type=int, help="keep only the first k tokens (default: all)")
+    p.add_argument("--augment", nargs="*", default=[], choices=AUGMENTATIONS,
+                   help="extra views per image: flip, and/or crop (ten-crop with flip)")
+    p.add_argument("--batch_size", type=int, default=64, help="per process; divisible by its device count")
+    p.add_argument("--records_per_shard", type=int, default=DEFAULT_RECORDS_PER_SHARD)
+    p.set_defaults(run=tokenize_dataset_command)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flextok_jax.cli", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -186,12 +235,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--guidance_scale", type=float, default=1.0)
     d.add_argument("--guidance", choices=("cfg", "apg"), default="cfg")
     d.add_argument("--seed", type=int, default=0)
+    add_tokenize_dataset_parser(sub)
     args = parser.parse_args(argv)
     # Our messages at INFO; everyone else's (e.g. jax's note about a missing TPU backend) at
     # WARNING and above only.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     log.setLevel(logging.INFO)
     try:
+        if hasattr(args, "run"):
+            return args.run(args)
         model, params = load_checkpoint(args.checkpoint, args.vae_config, jnp.dtype(args.dtype))
         if args.command == "tokenize":
             n = tokenize_folder(model, params, args.images, args.out, args.batch_size, args.num_tokens)

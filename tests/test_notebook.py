@@ -1,5 +1,8 @@
 """The Colab demo runs headless on CPU, top to bottom, with short settings."""
 import pathlib
+import re
+
+import PIL.Image
 
 import nbformat
 import pytest
@@ -18,7 +21,11 @@ def test_demo_notebook_executes(tmp_path):
     outputs = "".join(
         o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
     )
-    assert "tokens k |" in outputs  # the error table was printed
-    assert (tmp_path / "demo" / "loss_curve.png").stat().st_size > 1000
+    # The error table: one row per k = 1, 2, 4, 8, 16 with a finite MSE of images in [-1, 1].
+    rows = re.findall(r"^\s*(\d+) \|\s*([0-9.]+) \|", outputs, re.M)
+    assert [int(k) for k, _ in rows] == [1, 2, 4, 8, 16], outputs[-2000:]
+    assert all(0 < float(mse) <= 4 for _, mse in rows), rows
+    curve = PIL.Image.open(tmp_path / "demo" / "loss_curve.png")
+    assert curve.size == (600, 350)  # figsize (6, 3.5) at 100 dpi
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) >= 2  # the reconstruction grid and the loss curve
+    assert len(images) >= 2  # the reconstruction grid and the loss curve are displayed

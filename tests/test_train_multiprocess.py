@@ -8,7 +8,10 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 from helpers import REPO
+
+from flextok_jax import load_model
 
 
 def _free_port() -> int:
@@ -43,4 +46,6 @@ def test_two_processes_train_save_and_resume(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     assert all(r["loss"] == r["loss"] for r in rows)  # finite (not NaN)
-    assert (tmp_path / "export" / "flextok.safetensors").is_file()
+    model, params = load_model(tmp_path / "export" / "flextok.safetensors")
+    images = np.zeros((2, 32, 32, 3), np.float32)
+    assert model.tokenize(params, images).shape == (2, model.config.n_registers)

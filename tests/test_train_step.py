@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 from helpers import losses, small_config
 
@@ -63,7 +64,13 @@ def test_loss_falls_and_writes_grid(tmp_path):
     first, last = np.mean([loss[s] for s in range(1, 6)]), np.mean([loss[s] for s in range(56, 61)])
     assert last < 0.75 * first, (first, last)
     assert result["step"] == 60 and not result["preempted"]
-    assert (tmp_path / "grids" / "step_00000060.png").exists()
+    # The grid: 4 training images (rows), then the original and k = 1, 2, 4, 8, 16 (columns).
+    grid = np.asarray(Image.open(tmp_path / "grids" / "step_00000060.png"))
+    assert grid.shape == (4 * 32, 6 * 32, 3)
+    cells = grid.reshape(4, 32, 6, 32, 3).astype(np.float32)
+    # The reconstructions are pictures, not a copy of the originals and not blank.
+    assert all(cells[:, :, c].std() > 5 for c in range(6))
+    assert np.abs(cells[:, :, 1] - cells[:, :, 0]).mean() > 1
     # Training to total_steps exports the EMA weights for tokenize / detokenize.
     model, params = load_model(tmp_path / "export" / "flextok.safetensors")
     images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)

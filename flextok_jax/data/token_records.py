@@ -1,0 +1,133 @@
+"""On-disk format of token datasets: one fixed binary layout per record, JSON manifests.
+
+A record is a packed little-endian struct (numpy structured dtype, 20 + 2 n bytes)::
+
+    offset  size  field
+    0       4     magic         b"FTOK"
+    4       1     version       1
+    5       1     augmentation  uint8 view id (see ``token_views.VIEW_NAMES``)
+    6       2     num_tokens    uint16 n
+    8       4     label         int32
+    12      8     index         int64, the record's index in the image source
+    20      2 n   tokens        uint16 [n]
+
+Why not pickle or msgpack: reading a record must never execute code, the layout is readable by
+``np.frombuffer`` in any language without our code, every field is validated on read, and it is
+as small as the tokens allow (uint16 holds every FSQ vocabulary up to 65 536 codes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"FTOK"
+RECORD_VERSION = 1
+FORMAT = "flextok_token_dataset"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+PLAN_NAME = "plan.json"
+MAX_VOCAB_SIZE = 2**16
+HEADER_BYTES = 20
+
+LAYOUT_DESCRIPTION = (
+    "little-endian packed struct: magic S4 'FTOK', version u1, augmentation u1, num_tokens u2, "
+    "label i4, index i8, tokens u2[num_tokens]"
+)
+
+
+def record_dtype(num_tokens: int) -> np.dtype:
+    """The packed numpy dtype of one record holding ``num_tokens`` tokens."""
+    return np.dtype(
+        [
+            ("magic", "S4"),
+            ("version", "u1"),
+            ("augmentation", "u1"),
+            ("num_tokens", "<u2"),
+            ("label", "<i4"),
+            ("index", "<i8"),
+            ("tokens", "<u2", (int(num_tokens),)),
+        ]
+    )
+
+
+def encode_records(tokens: np.ndarray, labels: np.ndarray, indices: np.ndarray, augmentations: np.ndarray) -> list[bytes]:
+    """tokens [R, n] (values < 65 536), labels / indices / augmentations [R] -> R records."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [R, n], got shape {tokens.shape}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= MAX_VOCAB_SIZE):
+        raise ValueError(f"token ids must lie in [0, {MAX_VOCAB_SIZE}), got [{tokens.min()}, {tokens.max()}]")
+    rows = np.zeros(tokens.shape[0], record_dtype(tokens.shape[1]))
+    rows["magic"] = MAGIC
+    rows["version"] = RECORD_VERSION
+    rows["augmentation"] = augmentations
+    rows["num_tokens"] = tokens.shape[1]
+    rows["label"] = labels
+    rows["index"] = indices
+    rows["tokens"] = tokens
+    return [row.tobytes() for row in rows]
+
+
+def decode_records(records: Sequence[bytes], num_tokens: int, where: Callable[[int], str]) -> np.ndarray:
+    """R records' bytes -> a structured array [R] of ``record_dtype(num_tokens)``.
+
+    ValueError naming ``where(i)`` for the first malformed record i (size, magic, version, n).
+    """
+    dtype = record_dtype(num_tokens)
+    for i, data in enumerate(records):
+        if len(data) != dtype.itemsize:
+            raise ValueError(f"{where(i)}: record has {len(data)} bytes, expected {dtype.itemsize} for {num_tokens} tokens")
+    rows = np.frombuffer(b"".join(records), dtype)
+    bad = (rows["magic"] != MAGIC) | (rows["version"] != RECORD_VERSION)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"{where(i)}: not a token record (magic {bytes(rows['magic'][i])!r}, version {rows['version'][i]}; "
+            f"expected {MAGIC!r}, version {RECORD_VERSION})"
+        )
+    wrong_n = rows["num_tokens"] != num_tokens
+    if wrong_n.any():
+        i = int(np.argmax(wrong_n))
+        raise ValueError(f"{where(i)}: record holds {rows['num_tokens'][i]} tokens, the manifest says {num_tokens}")
+    return rows
+
+
+def shard_name(shard: int, num_shards: int) -> str:
+    return f"tokens-{shard:05d}-of-{num_shards:05d}.array_record"
+
+
+def stats_name(shard: int, num_shards: int) -> str:
+    """The per-shard JSON written just before its shard is renamed into place."""
+    return f"tokens-{shard:05d}-of-{num_shards:05d}.stats.json"
+
+
+def write_json_atomic(path: str | os.PathLike, value: Mapping[str, Any]) -> None:
+    """Write ``value`` to ``path`` through a temporary file, so readers never see half of it.
+
+    Sorted keys and a fixed indent make equal values byte-identical files.
+    """
+    path = os.fspath(path)
+    # Several hosts may write the same (identical) file on a shared file system.
+    tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object from ``path``; ValueError naming the file if it is not one."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{os.fspath(path)} is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{os.fspath(path)} holds a JSON {type(value).__name__}, expected an object")
+    return value
