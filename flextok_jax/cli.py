@@ -31,10 +31,10 @@ from tqdm import tqdm
 
 from flextok_jax.checkpoint_official import load_official_checkpoint, read_safetensors_metadata
 from flextok_jax.data.factory import SOURCES, get_source
-from flextok_jax.data.token_dataset import DEFAULT_RECORDS_PER_SHARD, tokenize_dataset
-from flextok_jax.data.token_views import AUGMENTATIONS
 from flextok_jax.data.image_folder import IMAGE_EXTENSIONS, image_files
 from flextok_jax.data.skips import is_skipped
+from flextok_jax.data.token_dataset import DEFAULT_RECORDS_PER_SHARD, tokenize_dataset
+from flextok_jax.data.token_views import AUGMENTATIONS
 from flextok_jax.data.transforms import prepare_eval_image
 from flextok_jax.parallel import initialize_distributed, make_mesh
 from flextok_jax.params_io import FORMAT, load_model
