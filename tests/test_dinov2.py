@@ -34,8 +34,7 @@ def weights(parity_dir):
 
 @pytest.fixture(scope="module")
 def ref(parity_dir):
-    with np.load(parity_dir / "dinov2_tiny_ref.npz") as f:
-        return {k: f[k] for k in f.files}
+    return dict(np.load(parity_dir / "dinov2_tiny_ref.npz", allow_pickle=False))
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ FID_BLOCKS = {
 _TORCHVISION_TO_FID = {v: k for k, v in FID_BLOCKS.items()}
 _BN_LEAVES = {"scale": "bn.weight", "bias": "bn.bias", "mean": "bn.running_mean", "var": "bn.running_var"}
 
-Padding = tuple[int, int]
+Pair = tuple[int, int]
 
 
 class BasicConv(nn.Module):
@@ -66,9 +66,9 @@ class BasicConv(nn.Module):
     """
 
     features: int
-    kernel_size: Padding = (1, 1)
+    kernel_size: Pair = (1, 1)
     strides: int = 1
-    padding: Padding = (0, 0)
+    padding: Pair = (0, 0)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -109,7 +109,7 @@ def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:
 
 
 class _Block(nn.Module):
-    def conv(self, features: int, name: str, kernel_size: Padding = (1, 1), strides: int = 1, padding: Padding = (0, 0)):
+    def conv(self, features: int, name: str, kernel_size: Pair = (1, 1), strides: int = 1, padding: Pair = (0, 0)):
         return BasicConv(features, kernel_size, strides, padding, name=name)
 
 
@@ -333,7 +333,7 @@ def convert_pytorch_fid_checkpoint(pth_path: str | os.PathLike, out_path: str | 
     tensors = fid_keys_from_torchvision(tensors)
     inception_params_from_torch(tensors, source=os.fspath(pth_path))
     tmp = os.fspath(out_path) + ".tmp"
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata={"source": os.path.basename(os.fspath(pth_path))})
+    save_file({k: np.array(v, order="C") for k, v in tensors.items()}, tmp, metadata={"source": os.path.basename(os.fspath(pth_path))})
     os.replace(tmp, out_path)
 
 
