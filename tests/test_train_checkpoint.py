@@ -110,9 +110,10 @@ def test_corrupt_newest_checkpoint_resumes_from_the_one_before(tmp_path, referen
     assert result["step"] == 12
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert "step 6" in warned and "cannot be restored" in warned, warned
-    # The unreadable step stays where it was; the run resumed from step 3 and matches the
-    # uninterrupted run (steps 4-6 were recomputed, and their second log lines win).
-    assert (tmp_path / "checkpoints" / "6").is_dir()
+    # The run resumed from step 3 and matches the uninterrupted run (steps 4-6 were recomputed,
+    # their second log lines win); the unreadable step was kept, set aside when step 6 was saved.
+    assert (tmp_path / "checkpoints" / "6.unreadable").is_dir()
+    assert Checkpointer(tmp_path / "checkpoints").all_steps() == [3, 6, 9, 12]
     _assert_same_run(tmp_path, reference)
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from flextok_jax.train.state import TrainState
 
@@ -55,6 +57,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True):
         self.directory = os.path.abspath(os.fspath(directory))
+        self.unreadable: set[int] = set()  # steps restore_newest could not read
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -74,8 +77,14 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(self, state: TrainState, data_state: dict[str, Any] | None, meta: dict[str, Any]) -> None:
-        """Start saving ``state`` at ``state.step`` (returns before the write completes if async)."""
+        """Start saving ``state`` at ``state.step`` (returns before the write completes if async).
+
+        An unreadable checkpoint of the same step (see ``restore_newest``) is first renamed to
+        ``<step>.unreadable`` beside it, so the new one can take its place and nothing is deleted.
+        """
         step = int(jax.device_get(state.step))
+        if step in self.unreadable:
+            self._set_aside(step)
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -101,6 +110,19 @@ class Checkpointer:
         )
         return out["state"], out["data"].state, out["meta"]
 
+    def _set_aside(self, step: int) -> None:
+        src = os.path.join(self.directory, str(step))
+        dst = f"{src}.unreadable"
+        if os.path.exists(dst):  # set aside before, in an earlier run
+            dst = f"{dst}.{int(time.time())}"
+        if jax.process_index() == 0:
+            os.rename(src, dst)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"flextok_set_aside_{step}")
+        logging.warning("moved the unreadable checkpoint of step %d to %s", step, dst)
+        self.unreadable.discard(step)
+        self.manager.reload()
+
     def restore_newest(self, abstract_state: TrainState) -> tuple[TrainState, dict[str, Any] | None, dict[str, Any]] | None:
         """``restore`` of the newest checkpoint that restores; None if there is none at all.
 
@@ -114,6 +136,7 @@ class Checkpointer:
             except Exception as e:  # orbax/tensorstore raise many types for a damaged file
                 reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
                 failures.append(f"step {step} ({reason})")
+                self.unreadable.add(step)
                 logging.warning("checkpoint step %d in %s cannot be restored (%s); trying an older one",
                                 step, self.directory, reason)
                 continue

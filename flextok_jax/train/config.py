@@ -123,6 +123,8 @@ def base_config() -> ml_collections.ConfigDict:
             "repa_weight": 1.0,
             # Name in flextok_jax.train.repa.TEACHERS, or None for no REPA loss.
             "repa_teacher": config_dict.placeholder(str),
+            # With repa_teacher='dinov2': a DINOv2 .safetensors (official torch key names).
+            "repa_teacher_weights": config_dict.placeholder(str),
             "repa_hidden": 2048,
             # Official FlexTok .safetensors to fine-tune from (its VAE is kept frozen).
             "init_from": config_dict.placeholder(str),

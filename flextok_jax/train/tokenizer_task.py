@@ -30,12 +30,13 @@ from flextok_jax.checkpoint_official import (
 from flextok_jax.model.config import FlexTokConfig, from_configdict
 from flextok_jax.model.flextok import FlexTok
 from flextok_jax.model.vae import STANDARD_VAE, VAEConfig, vae_params_from_torch
+from flextok_jax.evaluate.dinov2 import make_repa_teacher
 from flextok_jax.evaluate.grid import grid_image
 from flextok_jax.evaluate.reconstruct import reconstruct_by_k
 from flextok_jax.model.flextok import token_budgets
 from flextok_jax.params_io import EXPORT_FILE, save_params
 from flextok_jax.parallel import gather_to_host
-from flextok_jax.train.repa import RepaProjector, Teacher, get_teacher, init_projector, repa_loss
+from flextok_jax.train.repa import RepaProjector, Teacher, get_teacher, init_projector, register_teacher, repa_loss
 from flextok_jax.train.task import ImageLogger, Metrics, Rules, Task
 
 
@@ -175,6 +176,11 @@ class TokenizerTask(Task):
         if t.repa_teacher and t.repa_weight > 0:
             if model_cfg.repa_layer is None:
                 raise ValueError("train.repa_teacher is set but model.repa_layer is None")
+            if t.repa_teacher == "dinov2":
+                if not t.repa_teacher_weights:
+                    raise ValueError("train.repa_teacher='dinov2' needs train.repa_teacher_weights "
+                                     "(a DINOv2 .safetensors in the official torch key names)")
+                register_teacher("dinov2", make_repa_teacher(t.repa_teacher_weights))
             self.teacher, repa_dim = get_teacher(t.repa_teacher, model_cfg)
         self.hp = FlowLossHparams.from_config(t, repa_dim)
         self.skips = data_lib.SkipCounter()
