@@ -1,0 +1,130 @@
+"""Benchmark rows for the AR generator: the sampler with and without its KV cache, and a train step.
+
+Functions only (the CLI does not call them yet). FLOPs are XLA's cost analysis of one program
+per loop iteration times the trip count (XLA counts a while-loop body once): the cached sampler is
+prefill + (k - 1) decode steps (each attending over the whole static cache, masked positions
+included), the uncached one k teacher-forced forwards over the [rows, k] buffer.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from flextok_jax.benchmarks.models import random_params
+from flextok_jax.benchmarks.timing import CEILING_N, Row, compiled_cost, matmul_ceiling, median_seconds, peak_rss_mib
+from flextok_jax.generator import Generator, next_token_loss, preset
+from flextok_jax.generator import sampler
+
+GUIDANCE_SCALE = 3.0
+SIZES = ("tiny", "d12")
+
+
+def bench_generator(size: str, dtype: str = "float32", seed: int = 0) -> tuple[Generator, Any]:
+    """A generator of preset ``size`` ('tiny' gets 256 positions so k = 256 fits) with every
+    parameter random (the zero head of the training init would make the logits trivial)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown benchmark size {size!r}; expected one of {SIZES}")
+    cfg = preset(size, dtype=dtype, **({"max_tokens": 256} if size == "tiny" else {}))
+    gen = Generator(cfg)
+    return gen, random_params(gen, seed)
+
+
+def measure(what: str, batch: int, k: Any, dtype: str, call: Callable[[], Any], flops: float,
+            mib: float = float("nan"), repeats: int = 3, ceiling_n: int = CEILING_N) -> Row:
+    """Time ``call`` between two ceiling measurements (the better one is the row's reference, as
+    in ``runner.Bench.measure``: the machine may be shared)."""
+    before = matmul_ceiling(jnp.dtype(dtype), ceiling_n, repeats=3)
+    seconds = median_seconds(call, repeats)
+    ceiling = max(before, matmul_ceiling(jnp.dtype(dtype), ceiling_n, repeats=3))
+    row = Row(what, batch, str(k), dtype, seconds, flops, ceiling, mib, peak_rss_mib())
+    print(f"# {what} b={batch} k={k}: {seconds:.4g} s, {row.pct_ceiling:.1f}% of ceiling", file=sys.stderr, flush=True)
+    return row
+
+
+def kv_cache_mib(gen: Generator, batch: int, k: int, guidance: bool) -> float:
+    """MiB of the sampler's KV cache (all layers, k and v) for ``batch`` images of ``k`` tokens."""
+    return sampler.kv_cache_bytes(gen, batch, k, guidance) / 2**20
+
+
+def sampler_flops(gen: Generator, params: Any, batch: int, k: int, guidance: bool, cached: bool) -> tuple[float, float]:
+    """(FLOPs of one whole ``generate`` call, MiB of its largest per-step program)."""
+    rows = 2 * batch if guidance else batch
+    labels = jnp.zeros((rows,), jnp.int32)
+    if not cached:
+        flops, mib = compiled_cost(lambda p, t: gen.net.apply({"params": p}, labels, t), params,
+                                   jnp.zeros((rows, k), jnp.int32))
+        return k * flops, mib
+    cache = gen.init_cache(rows, k)
+    pre_flops, pre_mib = compiled_cost(lambda p, c: gen.prefill(p, labels, c), params, cache)
+    step_flops, step_mib = compiled_cost(lambda p, c: gen.decode(p, labels, jnp.int32(k // 2), c), params, cache)
+    return pre_flops + (k - 1) * step_flops, max(pre_mib, step_mib)
+
+
+def sampler_rows(
+    size: str,
+    batches: Sequence[int] = (1, 64),
+    ks: Sequence[int] = (32, 256),
+    guidance: Sequence[bool] = (False, True),
+    cached: Sequence[bool] = (True, False),
+    dtype: str = "float32",
+    repeats: int = 3,
+    ceiling_n: int = CEILING_N,
+) -> list[Row]:
+    """One row per (cached, batch, k, guidance): the whole ``generate`` call (temperature 1,
+    top-k 0, top-p 1). The KV-cache size is in the row's ``what``."""
+    gen, params = bench_generator(size, dtype)
+    rows = []
+    for use_cache in cached:
+        for b in batches:
+            labels = jnp.arange(b, dtype=jnp.int32) % gen.config.num_classes
+            for k in ks:
+                for g in guidance:
+                    scale = GUIDANCE_SCALE if g else 1.0
+                    flops, mib = sampler_flops(gen, params, b, k, g, use_cache)
+                    what = f"{size} ar sample {'kv cache' if use_cache else 'no cache'}"
+                    what += f" cfg {scale}" if g else ""
+                    if use_cache:
+                        what += f" (cache {kv_cache_mib(gen, b, k, g):.1f} MiB)"
+
+                    def call(labels=labels, k=k, scale=scale, use_cache=use_cache):
+                        return sampler.generate(gen, params, labels, k, cfg_scale=scale, rng=jax.random.key(0),
+                                                cached=use_cache)
+
+                    rows.append(measure(what, b, k, dtype, call, flops, mib, repeats, ceiling_n))
+    return rows
+
+
+def train_step_row(
+    size: str,
+    batch: int,
+    num_tokens: int | None = None,
+    dtype: str = "float32",
+    repeats: int = 3,
+    ceiling_n: int = CEILING_N,
+) -> tuple[Row, float]:
+    """(row, train tokens/s) of one jitted step: ``next_token_loss`` + grad + optax AdamW update
+    on ``batch`` sequences of ``num_tokens`` (default: max_tokens)."""
+    gen, params = bench_generator(size, dtype)
+    t = num_tokens or gen.config.max_tokens
+    optimizer = optax.adamw(1e-4, weight_decay=0.05)
+    opt_state = optimizer.init(params)
+    labels = jnp.arange(batch, dtype=jnp.int32) % gen.config.num_classes
+    tokens = jax.random.randint(jax.random.key(1), (batch, t), 0, gen.config.vocab_size, jnp.int32)
+
+    def train_step(params, opt_state, rng):
+        (loss, _), grads = jax.value_and_grad(
+            lambda p: next_token_loss(gen, p, labels, tokens, rng), has_aux=True
+        )(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    rng = jax.random.key(2)
+    flops, mib = compiled_cost(train_step, params, opt_state, rng)
+    step = jax.jit(train_step)
+    row = measure(f"{size} ar train step (loss+grad+adamw)", batch, t, dtype,
+                  lambda: step(params, opt_state, rng), flops, mib, repeats, ceiling_n)
+    return row, batch * t / row.seconds

@@ -1,0 +1,30 @@
+"""Class-conditional autoregressive generator over FlexTok token ids.
+
+``Generator`` (model, teacher-forced logits, KV-cache pieces), ``generate`` / ``Generator.generate``
+(the one-program sampler), ``next_token_loss`` (for the training system), ``save_params`` /
+``load_generator`` (safetensors files), ``generate_images`` (labels -> images via a FlexTok) and
+the size presets.
+"""
+from flextok_jax.generator.config import AR_DEPTHS, GeneratorConfig, non_embedding_params, preset
+from flextok_jax.generator.images import generate_images
+from flextok_jax.generator.loss import drop_labels, next_token_loss, position_bands
+from flextok_jax.generator.model import Generator
+from flextok_jax.generator.params_io import load_generator, save_params
+from flextok_jax.generator.sampler import PAD_TOKEN, SCHEDULES, generate
+
+__all__ = [
+    "AR_DEPTHS",
+    "GeneratorConfig",
+    "Generator",
+    "PAD_TOKEN",
+    "SCHEDULES",
+    "drop_labels",
+    "generate",
+    "generate_images",
+    "load_generator",
+    "next_token_loss",
+    "non_embedding_params",
+    "position_bands",
+    "preset",
+    "save_params",
+]

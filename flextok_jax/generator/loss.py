@@ -1,0 +1,67 @@
+"""Next-token cross-entropy of the generator, with class dropout for classifier-free guidance."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def position_bands(num_positions: int) -> list[tuple[int, int]]:
+    """1-based inclusive position bands 1, 2-4, 5-16, 17-64, 65-256, ... (powers of 4) that
+    start at or before ``num_positions`` (the last may reach beyond it)."""
+    bands, lo, hi = [], 1, 1
+    while lo <= num_positions:
+        bands.append((lo, hi))
+        lo, hi = hi + 1, hi * 4
+    return bands
+
+
+def band_name(lo: int, hi: int) -> str:
+    """Metric name of the band [lo, hi]: 'loss/pos_001', 'loss/pos_002-004', ..."""
+    return f"loss/pos_{lo:03d}" if lo == hi else f"loss/pos_{lo:03d}-{hi:03d}"
+
+
+def drop_labels(labels: jax.Array, rng: jax.Array, rate: float, null_label: int) -> jax.Array:
+    """Each label independently becomes ``null_label`` with probability ``rate``. [B] -> [B]."""
+    drop = jax.random.bernoulli(rng, rate, labels.shape)
+    return jnp.where(drop, null_label, labels).astype(jnp.int32)
+
+
+def next_token_loss(
+    gen: Any,
+    params: Any,
+    labels: jax.Array,
+    tokens: jax.Array,
+    rng: jax.Array,
+    class_dropout: float = 0.1,
+    weights: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean next-token cross-entropy: labels int32 [B], tokens int32 [B, T] -> (scalar float32
+    loss, metrics of float32 scalars).
+
+    With probability ``class_dropout`` an image's label becomes the null row (``rng`` draws it).
+    ``weights`` float [B, T] (e.g. a 0/1 mask for variable-length sequences) weights each
+    position's loss; the mean is then sum(w * ce) / sum(w). Metrics: ``loss``, ``accuracy``
+    (argmax == target, same weighting), ``null_label_fraction`` (labels that are the null row after dropout) and
+    ``loss/pos_...`` per band of positions (``position_bands``).
+    """
+    labels = drop_labels(labels, rng, class_dropout, gen.config.null_label)
+    logits = gen.logits(params, labels, tokens)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)  # [B, T] float32
+    correct = (jnp.argmax(logits, axis=-1) == tokens).astype(jnp.float32)
+    w = jnp.ones(ce.shape, jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
+
+    def mean(x: jax.Array, w_: jax.Array) -> jax.Array:
+        return jnp.sum(x * w_) / jnp.maximum(jnp.sum(w_), 1e-12)
+
+    loss = mean(ce, w)
+    metrics = {
+        "loss": loss,
+        "accuracy": mean(correct, w),
+        "null_label_fraction": jnp.mean((labels == gen.config.null_label).astype(jnp.float32)),
+    }
+    for lo, hi in position_bands(tokens.shape[1]):  # a band cut short by T averages what it has
+        metrics[band_name(lo, hi)] = mean(ce[:, lo - 1 : hi], w[:, lo - 1 : hi])
+    return loss, metrics

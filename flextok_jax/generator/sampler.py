@@ -1,0 +1,221 @@
+"""Sampling token ids from a ``Generator``: one compiled program per (batch, max_k, mode).
+
+The cached program prefills the class position into a static KV cache ([2B or B, heads,
+max_k, head_dim] per layer, see ``network``) and runs every further position inside one
+``lax.fori_loop``; the cache is part of the loop state, so XLA writes each new position in place.
+Classifier-free guidance doubles the batch (rows B..2B-1 carry the null class) and combines the
+two halves as u + s (c - u) in float32 inside the program.
+
+Randomness: image b draws position i with ``fold_in(keys[b], i)``, where ``keys`` is
+``jax.random.split(rng, B)`` for a single key ``rng`` or ``rng`` itself when it is a key
+array [B]. An image's tokens therefore depend only on its own key, label and k, never on the
+rest of the batch: ``generate(labels[b:b+1], num_tokens=k[b], rng=keys[b:b+1])`` gives row b
+of a batched call.
+
+Compilation is keyed on shapes and modes only: (batch, max_k, guidance on/off, filtering
+on/off, guidance schedule, return_logits). cfg_scale, temperature, top_k and top_p are traced
+values, so changing them reuses the program (turning filtering on, i.e. top_k > 0 or top_p < 1,
+selects the variant that sorts the logits).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flextok_jax.generator.checks import check_labels, check_num_tokens, check_sampling
+
+# Written at positions >= k of an image whose k is below the batch's largest.
+PAD_TOKEN = -1
+SCHEDULES = ("constant", "linear")
+
+
+def per_image_keys(rng: jax.Array | None, batch: int) -> jax.Array:
+    """Typed key array [batch]: ``split(rng, batch)`` for one key (default key 0), or ``rng``
+    itself when it is already [batch] keys (typed, or raw uint32 [batch, 2])."""
+    if rng is None:
+        rng = jax.random.key(0)
+    if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.wrap_key_data(jnp.asarray(rng, jnp.uint32))
+    if rng.ndim == 0:
+        return jax.random.split(rng, batch)
+    if rng.shape != (batch,):
+        raise ValueError(f"rng must be one key or {batch} keys (one per image), got key array shape {rng.shape}")
+    return rng
+
+
+def guidance_scales(cfg_scale: jax.Array, schedule: str, pos: jax.Array, ks: jax.Array) -> jax.Array:
+    """Per-image guidance scale [B] at 0-based position ``pos``: ``cfg_scale`` ('constant'), or
+    rising linearly from 1 to ``cfg_scale`` at the image's last token, 1 + (s - 1)(pos + 1)/k
+    ('linear')."""
+    if schedule == "constant":
+        return jnp.broadcast_to(cfg_scale, ks.shape)
+    return 1.0 + (cfg_scale - 1.0) * (pos + 1) / ks.astype(jnp.float32)
+
+
+def combine_guidance(cond: jax.Array, null: jax.Array, scale: jax.Array) -> jax.Array:
+    """Classifier-free guidance in float32: u + s (c - u). cond, null [B, V]; scale [B]."""
+    cond, null = cond.astype(jnp.float32), null.astype(jnp.float32)
+    return null + scale[:, None] * (cond - null)
+
+
+def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Keep the ``top_k`` largest logits (0 = all), then the smallest head of those whose
+    probability mass reaches ``top_p`` (the top one always stays); the rest become -inf. [B, V]."""
+    vocab = logits.shape[-1]
+    desc = -jnp.sort(-logits, axis=-1)
+    kth = jnp.take(desc, jnp.clip(top_k, 1, vocab) - 1, axis=-1)
+    k_floor = jnp.where(top_k > 0, kth, -jnp.inf)  # [B]
+    desc = jnp.where(desc >= k_floor[:, None], desc, -jnp.inf)
+    probs = jax.nn.softmax(desc, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    p_floor = jnp.min(jnp.where(mass_before < top_p, desc, jnp.inf), axis=-1)
+    floor = jnp.maximum(k_floor, p_floor)
+    return jnp.where(logits >= floor[:, None], logits, -jnp.inf)
+
+
+def sample_tokens(
+    logits: jax.Array,
+    keys: jax.Array,
+    pos: jax.Array | int,
+    temperature: jax.Array,
+    top_k: jax.Array,
+    top_p: jax.Array,
+    use_filter: bool,
+) -> jax.Array:
+    """One token per image from float32 logits [B, V] with per-image keys [B] at position pos:
+    softmax(logits / temperature) after top-k / top-p; temperature 0 is argmax. -> int32 [B]."""
+    greedy = jnp.argmax(logits, axis=-1)
+    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
+    if use_filter:
+        scaled = filter_logits(scaled, top_k, top_p)
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, pos)
+    drawn = jax.vmap(jax.random.categorical)(step_keys, scaled)
+    return jnp.where(temperature > 0, drawn, greedy).astype(jnp.int32)
+
+
+def kv_cache_bytes(gen: Any, batch: int, max_k: int, use_guidance: bool) -> int:
+    """Bytes of the sampler's KV cache for ``batch`` images and ``max_k`` positions."""
+    cfg = gen.config
+    rows = 2 * batch if use_guidance else batch
+    return cfg.depth * 2 * rows * cfg.num_heads * max_k * cfg.head_dim * cfg.compute_dtype.itemsize
+
+
+# logits_at(params, labels_all [N], tokens_all [N, max_k], i, state) -> (float32 [N, V], state)
+LogitsAt = Callable[[Any, jax.Array, jax.Array, Any, Any], tuple[jax.Array, Any]]
+
+
+def _cached_logits_at(gen: Any) -> LogitsAt:
+    def logits_at(params, labels, tokens, i, cache):
+        if isinstance(i, int) and i == 0:
+            return gen.prefill(params, labels, cache)
+        prev = jax.lax.dynamic_index_in_dim(tokens, i - 1, axis=1, keepdims=False)
+        return gen.decode(params, prev, i, cache)
+
+    return logits_at
+
+
+def _uncached_logits_at(gen: Any) -> LogitsAt:
+    # The whole teacher-forced forward over the [N, max_k] buffer; causality makes the
+    # not-yet-sampled tail irrelevant to position i.
+    def logits_at(params, labels, tokens, i, state):
+        logits = gen.net.apply({"params": params}, labels, tokens)
+        return jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False), state
+
+    return logits_at
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("gen", "max_k", "use_guidance", "use_filter", "schedule", "return_logits", "cached"),
+)
+def _program(
+    params, labels, keys, ks, cfg_scale, temperature, top_k, top_p,
+    *, gen, max_k, use_guidance, use_filter, schedule, return_logits, cached,
+):
+    b = labels.shape[0]
+    vocab = gen.config.vocab_size
+    rows_labels = jnp.concatenate([labels, jnp.full_like(labels, gen.config.null_label)]) if use_guidance else labels
+    logits_at = _cached_logits_at(gen) if cached else _uncached_logits_at(gen)
+    state = gen.init_cache(rows_labels.shape[0], max_k) if cached else None
+
+    def step(i, carry):
+        tokens, state, record = carry
+        rows_tokens = jnp.concatenate([tokens, tokens]) if use_guidance else tokens
+        raw, state = logits_at(params, rows_labels, rows_tokens, i, state)
+        if use_guidance:
+            logits = combine_guidance(raw[:b], raw[b:], guidance_scales(cfg_scale, schedule, i, ks))
+        else:
+            logits = raw
+        tok = sample_tokens(logits, keys, i, temperature, top_k, top_p, use_filter)
+        tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, i))
+        if return_logits:
+            record = jax.lax.dynamic_update_slice(record, logits[:, None], (0, i, 0))
+        return tokens, state, record
+
+    tokens = jnp.zeros((b, max_k), jnp.int32)
+    record = jnp.zeros((b, max_k, vocab), jnp.float32) if return_logits else None
+    carry = step(0, (tokens, state, record))
+    tokens, _, record = jax.lax.fori_loop(1, max_k, step, carry)
+    tokens = jnp.where(jnp.arange(max_k)[None, :] < ks[:, None], tokens, PAD_TOKEN)
+    return tokens, record
+
+
+def generate(
+    gen: Any,
+    params: Any,
+    labels: Any,
+    num_tokens: Any,
+    cfg_scale: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    rng: jax.Array | None = None,
+    guidance_schedule: str = "constant",
+    return_logits: bool = False,
+    cached: bool = True,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Sample token ids: labels int [B] (num_classes = null) -> int32 [B, k] for an int k, or
+    [B, max(k)] for an int array k [B] with ``PAD_TOKEN`` at positions >= k[b].
+
+    cfg_scale: guidance scale s (1 = no guidance pass; 0 = unconditional); guidance_schedule:
+    'constant' or 'linear' (see ``guidance_scales``). temperature 0 = greedy. top_k 0 and
+    top_p 1 disable those filters. rng: see the module docstring. ``return_logits`` also
+    returns the float32 logits each position was drawn from (guided, before temperature and
+    filters) [B, max_k, V]. ``cached=False`` recomputes the whole [B, max_k] teacher-forced
+    forward at every position instead of using a KV cache (the reference and the benchmark's
+    comparison).
+    """
+    cfg = gen.config
+    check_labels(cfg, labels)
+    b = len(labels)
+    ks = check_num_tokens(cfg, num_tokens, b)
+    check_sampling(cfg_scale, temperature, top_k, top_p)
+    if guidance_schedule not in SCHEDULES:
+        raise ValueError(f"guidance_schedule must be one of {SCHEDULES}, got {guidance_schedule!r}")
+    tokens, record = _program(
+        params,
+        jnp.asarray(labels, jnp.int32),
+        per_image_keys(rng, b),
+        jnp.asarray(ks),
+        jnp.float32(cfg_scale),
+        jnp.float32(temperature),
+        jnp.int32(top_k),
+        jnp.float32(top_p),
+        gen=gen,
+        max_k=int(ks.max()),
+        use_guidance=float(cfg_scale) != 1.0,
+        use_filter=int(top_k) > 0 or float(top_p) < 1.0,
+        schedule=guidance_schedule,
+        return_logits=bool(return_logits),
+        cached=bool(cached),
+    )
+    return (tokens, record) if return_logits else tokens
+
+
+def program_cache_size() -> int:
+    """How many sampler programs have been compiled in this process (for the caching test)."""
+    return _program._cache_size()

@@ -1,0 +1,43 @@
+"""generate_images: generator tokens decoded by a FlexTok, a different k per image."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flextok_jax import FlexTok, FlexTokConfig, TransformerConfig, generator
+from flextok_jax.benchmarks.models import random_params
+
+
+@pytest.fixture(scope="module")
+def models():
+    # A pixel-space tokenizer (no VAE) keeps the decode cheap; random weights everywhere, so
+    # every token matters to the image.
+    t = TransformerConfig(dim=64, depth=1, head_dim=32)
+    tokenizer = FlexTok(FlexTokConfig(encoder=t, decoder=t, n_registers=16, latent_channels=3, patch_grid=(2, 2)))
+    gen = generator.Generator(generator.preset("tiny"))
+    return gen, random_params(gen, seed=0), tokenizer, random_params(tokenizer, seed=1)
+
+
+def test_generate_images_decodes_the_sampled_tokens_with_their_k(models):
+    gen, params, tokenizer, tok_params = models
+    labels, ks = jnp.array([3, 10]), np.array([2, 16], np.int32)
+    rng, decode_rng = jax.random.key(4), jax.random.key(5)
+    images = generator.generate_images(gen, params, tokenizer, tok_params, labels, ks, cfg_scale=2.0, rng=rng,
+                                       num_steps=2, guidance_scale=1.5, decode_rng=decode_rng)
+    assert images.shape == (2, *tokenizer.config.image_size, 3) and images.dtype == jnp.float32
+
+    tokens = np.array(gen.generate(params, labels, ks, cfg_scale=2.0, rng=rng))
+    assert np.all(tokens[0, 2:] == generator.PAD_TOKEN)
+    tokens[0, 2:] = 7  # any id: keep_k masks them out
+    want = tokenizer.detokenize(tok_params, tokens, keep_k=ks, num_steps=2, guidance_scale=1.5, rng=decode_rng)
+    np.testing.assert_allclose(images, want, rtol=0, atol=1e-6)
+    # Image 0 really is decoded from 2 tokens: all 16 would give another image.
+    all16 = tokenizer.detokenize(tok_params, tokens, num_steps=2, guidance_scale=1.5, rng=decode_rng)
+    assert np.abs(np.asarray(all16[0]) - np.asarray(images[0])).max() > 1e-3
+
+
+def test_generate_images_rejects_a_mismatched_tokenizer(models):
+    _, _, tokenizer, tok_params = models
+    gen = generator.Generator(generator.preset("tiny", vocab_size=16))
+    with pytest.raises(ValueError, match="generator vocab_size 16 != tokenizer vocab_size 64000"):
+        generator.generate_images(gen, None, tokenizer, tok_params, jnp.array([1]), 4)
