@@ -18,9 +18,8 @@ from flextok_jax.train import config as common
 def get_config():
     c = common.base_config()
     c.model = common.tiny_tokenizer_model()
-    c.data.source = "procedural"
+    c.data.source = "fashion_mnist"
     c.data.image_size = 32
-    c.data.num_images = 2_048
     c.data.random_crop = False
     c.data.flip = True
     c.train.global_batch_size = 16
@@ -36,4 +35,18 @@ def get_config():
     c.log.every_steps = 10
     c.log.grid_every_steps = 1_000
     c.log.grid_sample_steps = 10
+
+    # Stage 2: a class-conditional generator over the tokenizer's 16 ids per image.
+    g = common.generator_base_config(common.generator_model(
+        depth=4, num_classes=10, vocab_size=1000, max_tokens=16, dim=128, num_heads=2, head_dim=64))
+    g.train.global_batch_size = 64
+    g.train.total_steps = 1_500
+    g.optimizer.lr = 1e-3
+    g.optimizer.warmup_steps = 100
+    g.optimizer.ema_decay = 0.99
+    g.checkpoint.every_steps = 500
+    g.checkpoint.keep = 2
+    g.log.every_steps = 50
+    c.stage2 = common.stage2_defaults(g)
+    c.stage2.enabled = True
     return c

@@ -1,19 +1,20 @@
-"""Train FlexTok: ``python -m flextok_jax.main --config configs/tiny_cpu.py --workdir DIR``.
+"""Train: ``python -m flextok_jax.main --config configs/tiny_cpu.py --workdir DIR``.
 
 Any config field can be overridden, e.g. ``--config.train.total_steps=1000``. Rerunning with the
-same workdir resumes from its newest checkpoint. A run that reaches ``train.total_steps`` then
-tokenizes held-out images and writes WORKDIR/reconstructions.png, WORKDIR/loss_curve.png and the
-reconstruction error per number of tokens k (``flextok_jax.evaluate``).
+same workdir resumes from its newest checkpoint. A tokenizer config runs the main job
+(``flextok_jax.pipeline``): training, then held-out reconstructions per number of tokens k
+(WORKDIR/reconstructions.png, loss_curve.png, the error table) and, with ``stage2.enabled``, the
+token dataset, the generator and WORKDIR/samples.png. A generator config (task='generator')
+trains the generator alone on ``data.tokens``.
 """
 from __future__ import annotations
 
 import sys
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from flextok_jax.evaluate.reconstruct import evaluate_run
+from flextok_jax import pipeline
 from flextok_jax.train import NoRestorableCheckpointError, TrainingDivergedError, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -27,17 +28,16 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         # orbax logs every file operation at INFO; --verbosity=0 brings that back.
         logging.set_verbosity(logging.WARNING)
+    config = _CONFIG.value
     try:
-        result = train(_CONFIG.value, _WORKDIR.value)
+        if config.task == "tokenizer":
+            result = pipeline.run(config, _WORKDIR.value)["tokenizer"]
+        else:
+            result = train(config, _WORKDIR.value)
     except (TrainingDivergedError, NoRestorableCheckpointError) as e:
         print(f"training stopped: {e}", file=sys.stderr)
         sys.exit(3)
     print({k: result[k] for k in ("step", "loss", "preempted") if k in result})
-    config = _CONFIG.value
-    finished = result["step"] >= config.train.total_steps and not result["preempted"]
-    if config.eval.enabled and finished and jax.process_index() == 0:
-        evaluate_run(config, _WORKDIR.value)
-
 
 if __name__ == "__main__":
     app.run(main)

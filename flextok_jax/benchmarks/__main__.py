@@ -1,4 +1,4 @@
-"""``python -m flextok_jax.benchmarks {tokenize,detokenize,train,all} [--size d12|tiny] ...``
+"""``python -m flextok_jax.benchmarks {tokenize,detokenize,train,generate,train_generator,all} [--size d12|tiny]``
 
 Prints one table row per measured program: seconds is the median of a few runs after a warm-up
 (compilation) run; FLOPs come from XLA's cost analysis (loop bodies times their trip count);
@@ -33,9 +33,10 @@ def print_table(rows: list[Row], out=sys.stdout) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m flextok_jax.benchmarks", description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=("tokenize", "detokenize", "train", "all"))
+    ap.add_argument("mode", choices=("tokenize", "detokenize", "train", "generate", "train_generator", "all"))
     ap.add_argument("--size", choices=("d12", "tiny"), default="d12")
-    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--batch", type=int, nargs="+", default=None,
+                    help="batch sizes (default: 1; generate: 1 64; train_generator: 64)")
     ap.add_argument("--k", type=int, nargs="+", default=None,
                     help="token counts (default: all registers and n/8)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -57,17 +58,30 @@ def main(argv: list[str] | None = None) -> None:
     ceilings = {d: matmul_ceiling(getattr(jnp, d), cn) for d in ("float32", "bfloat16")}
     rows = [Row(f"matmul {cn}^3 {d}", 1, "-", d, 2.0 * cn**3 / c, 2.0 * cn**3, c, float("nan"), peak_rss_mib())
             for d, c in ceilings.items()]
+    batches = args.batch or [1]
     n = model_config(args.size).n_registers
     ks = args.k or [n, max(1, n // 8)]
     if args.mode in ("tokenize", "detokenize", "all"):
-        bench = Bench(args.size, args.batch, args.dtype, args.repeats, cn)
+        bench = Bench(args.size, batches[0], args.dtype, args.repeats, cn)
         if args.mode in ("tokenize", "all"):
             run_tokenize(bench, ks)
         if args.mode in ("detokenize", "all"):
             run_detokenize(bench, ks, args.steps)
         rows += bench.rows
     if args.mode in ("train", "all"):
-        rows += run_train(args.size, args.batch, args.dtype, ceilings)
+        rows += run_train(args.size, batches[0], args.dtype, ceilings)
+    if args.mode in ("generate", "all"):
+        from flextok_jax.benchmarks.generator import sampler_rows
+
+        rows += sampler_rows(args.size, args.batch or (1, 64), args.k or (32, 256), dtype=args.dtype,
+                             repeats=args.repeats, ceiling_n=cn)
+    if args.mode in ("train_generator", "all"):
+        from flextok_jax.benchmarks.generator import train_step_row
+
+        for b in args.batch or (64,):
+            row, tokens_per_s = train_step_row(args.size, b, dtype=args.dtype, repeats=args.repeats, ceiling_n=cn)
+            rows.append(row)
+            print(f"# {row.what} batch {b}: {tokens_per_s:.4g} tokens/s", file=sys.stderr)
     print_table(rows)
     dev = device_peak_mib()
     if dev is not None:

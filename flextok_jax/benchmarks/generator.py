@@ -1,6 +1,6 @@
 """Benchmark rows for the AR generator: the sampler with and without its KV cache, and a train step.
 
-Functions only (the CLI does not call them yet). FLOPs are XLA's cost analysis of one program
+``python -m flextok_jax.benchmarks generate|train_generator --size tiny|d12``. FLOPs are XLA's cost analysis of one program
 per loop iteration times the trip count (XLA counts a while-loop body once): the cached sampler is
 prefill + (k - 1) decode steps (each attending over the whole static cache, masked positions
 included), the uncached one k teacher-forced forwards over the [rows, k] buffer.
@@ -12,12 +12,14 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import optax
+import ml_collections
+import numpy as np
 
 from flextok_jax.benchmarks.models import random_params
 from flextok_jax.benchmarks.timing import CEILING_N, Row, compiled_cost, matmul_ceiling, median_seconds, peak_rss_mib
-from flextok_jax.generator import Generator, next_token_loss, preset
-from flextok_jax.generator import sampler
+from flextok_jax.benchmarks.train import benchmark_train_step
+from flextok_jax.generator import Generator, preset, sampler
+from flextok_jax.train import config as train_config
 
 GUIDANCE_SCALE = 3.0
 SIZES = ("tiny", "d12")
@@ -106,25 +108,22 @@ def train_step_row(
     repeats: int = 3,
     ceiling_n: int = CEILING_N,
 ) -> tuple[Row, float]:
-    """(row, train tokens/s) of one jitted step: ``next_token_loss`` + grad + optax AdamW update
-    on ``batch`` sequences of ``num_tokens`` (default: max_tokens)."""
-    gen, params = bench_generator(size, dtype)
-    t = num_tokens or gen.config.max_tokens
-    optimizer = optax.adamw(1e-4, weight_decay=0.05)
-    opt_state = optimizer.init(params)
-    labels = jnp.arange(batch, dtype=jnp.int32) % gen.config.num_classes
-    tokens = jax.random.randint(jax.random.key(1), (batch, t), 0, gen.config.vocab_size, jnp.int32)
-
-    def train_step(params, opt_state, rng):
-        (loss, _), grads = jax.value_and_grad(
-            lambda p: next_token_loss(gen, p, labels, tokens, rng), has_aux=True
-        )(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    rng = jax.random.key(2)
-    flops, mib = compiled_cost(train_step, params, opt_state, rng)
-    step = jax.jit(train_step)
-    row = measure(f"{size} ar train step (loss+grad+adamw)", batch, t, dtype,
-                  lambda: step(params, opt_state, rng), flops, mib, repeats, ceiling_n)
+    """(row, train tokens/s) of the training system's jitted generator step (``TrainSetup`` with
+    task='generator': next-token loss + grad + AdamW + EMA) on ``batch`` sequences of
+    ``num_tokens`` (default: max_tokens) random ids, one device."""
+    cfg = preset(size, dtype=dtype, **({"max_tokens": num_tokens} if num_tokens else {}))
+    config = train_config.generator_base_config(ml_collections.ConfigDict(
+        {k: v for k, v in cfg.to_dict().items() if k != "dtype"}))
+    config.dtype = dtype
+    config.train.global_batch_size = batch
+    config.mesh.shape = (1, 1, 1)
+    t = cfg.max_tokens
+    rng = np.random.default_rng(1)
+    host = {"tokens": rng.integers(0, cfg.vocab_size, (batch, t), dtype=np.int32),
+            "label": (np.arange(batch) % cfg.num_classes).astype(np.int32)}
+    before = matmul_ceiling(jnp.dtype(dtype), ceiling_n, repeats=3)
+    out = benchmark_train_step(config, host, steps=repeats, devices=jax.devices()[:1])
+    ceiling = max(before, matmul_ceiling(jnp.dtype(dtype), ceiling_n, repeats=3))
+    row = Row(f"{size} ar train step", batch, str(t), dtype, out["step_s"], out["flops_per_step"], ceiling,
+              float("nan"), peak_rss_mib())
     return row, batch * t / row.seconds

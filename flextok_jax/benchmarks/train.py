@@ -26,14 +26,15 @@ def _tiny_tokenizer() -> ml_collections.ConfigDict:
     return c
 
 
-def benchmark_train_step(config: ml_collections.ConfigDict, batch: dict[str, Any], steps: int = 10) -> dict[str, float]:
+def benchmark_train_step(config: ml_collections.ConfigDict, batch: dict[str, Any], steps: int = 10,
+                         devices: Any = None) -> dict[str, float]:
     """Time the jitted train step of ``config`` on its mesh (all local devices by default).
 
     batch: this process's host batch for the task (e.g. {"image": [B, H, W, 3]}). Returns
     step_s (median of ``steps`` timed steps after one warm-up step), flops_per_step (XLA cost
     analysis, summed over devices; nan if unavailable), compile_s and num_params (trainable).
     """
-    setup = TrainSetup.from_config(config)
+    setup = TrainSetup.from_config(config, devices=devices)
     state = setup.init_state()
     gbatch = setup.global_batch(batch)
     t0 = time.perf_counter()

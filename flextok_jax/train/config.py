@@ -146,7 +146,29 @@ def base_config() -> ml_collections.ConfigDict:
     # After a run reaches total_steps, main tokenizes held-out images and reconstructs them from
     # k = 1, 2, 4, ... tokens (reconstructions.png, loss_curve.png, error per k).
     c.eval = ml_collections.ConfigDict({"enabled": True, "num_images": 8, "num_steps": 25})
+    c.stage2 = stage2_defaults()
     return c
+
+
+def stage2_defaults(generator: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+    """The main job's stage 2 (``flextok_jax.pipeline``): after the tokenizer, tokenize the
+    training set, train ``generator`` (a task='generator' config) and score samples per k."""
+    return ml_collections.ConfigDict({
+        "enabled": False,
+        "tokenize_batch_size": 256,
+        "augment": (),  # extra token views per image: "flip", "crop"
+        # Sampling of samples.png and the sample scores.
+        "samples_per_class": 10,
+        "cfg_scale": 3.0,
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 1.0,
+        "decode_steps": 25,
+        # Fashion-MNIST scores: classifier training steps, held-out test images.
+        "classifier_steps": 1500,
+        "eval_images": 1000,
+        "generator": ml_collections.ConfigDict() if generator is None else generator,
+    })
 
 
 def imagenet_data(image_size: int = 256) -> ml_collections.ConfigDict:
@@ -174,6 +196,7 @@ def generator_base_config(model: ml_collections.ConfigDict) -> ml_collections.Co
     """base_config for task='generator': the AR recipe of LlamaGen / FlexTok (AdamW 0.9/0.95,
     weight decay 0.05, clip 1.0, warmup + cosine, class dropout 0.1)."""
     c = base_config()
+    del c["stage2"]  # a generator run has no stage after it
     c.task = "generator"
     c.model = model
     c.optimizer.b2 = 0.95
