@@ -10,10 +10,11 @@ from absl import flags
 from ml_collections import config_flags
 from helpers import REPO
 
+from flextok_jax.generator import GeneratorConfig
 from flextok_jax.model.config import FlexTokConfig, from_configdict
 from flextok_jax.model.flextok import FlexTok
 
-CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem not in ("__init__", "common"))
+CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem != "__init__")
 SECTIONS = ("model", "data", "optimizer", "train", "mesh", "sharding", "checkpoint", "log")
 
 
@@ -25,6 +26,7 @@ def _param_counts(config: FlexTokConfig) -> dict[str, int]:
 def test_all_configs_present():
     assert {"flextok_d12_d12_in1k", "flextok_d18_d18_in1k", "flextok_d18_d28_in1k", "flextok_d18_d28_dfn",
             "tiny_cpu"} <= set(CONFIGS)
+    assert {f"generator_d{d}_in1k" for d in (10, 12, 16, 20, 24, 30)} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -34,6 +36,10 @@ def test_config_builds(name):
     config = module.get_config()
     for section in SECTIONS:
         assert section in config, f"{name} lacks config.{section}"
+    if config.task == "generator":
+        cfg = GeneratorConfig.from_dict(config.model.to_dict())
+        assert cfg.dim == 64 * cfg.depth and cfg.num_heads == cfg.depth and cfg.vocab_size == 64000
+        return
     model_config = from_configdict(config.model)
     assert model_config.image_size == (config.data.image_size,) * 2
     assert config.train.nested_dropout in ("uniform", "pow2")

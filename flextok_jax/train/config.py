@@ -245,3 +245,16 @@ def released_recipe(encoder_depth: int, decoder_depth: int, total_steps: int = 2
     c.optimizer.warmup_steps = 5_000
     c.checkpoint.every_steps = 2_500
     return c
+
+
+def generator_recipe(depth: int, total_steps: int = 300_000) -> ml_collections.ConfigDict:
+    """The ImageNet-256 class-conditional AR recipe of the FlexTok AR family (depth L, width
+    64 L, L heads; 256 tokens of the released 64,000-id FSQ; batch 256, lr 4e-4 as LlamaGen)."""
+    c = generator_base_config(generator_model(depth))
+    c.dtype = "bfloat16"
+    c.train.global_batch_size = 256
+    c.train.total_steps = total_steps
+    c.optimizer.lr = 4e-4
+    c.optimizer.warmup_steps = 5_000
+    c.checkpoint.every_steps = 5_000
+    return c
