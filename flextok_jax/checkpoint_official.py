@@ -9,15 +9,17 @@ an error naming the key and both shapes.
 from __future__ import annotations
 
 import ast
-import json
 import os
 import struct
 from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
+from flax import traverse_util
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file
 
+from flextok_jax.hub import resolve_checkpoint
 from flextok_jax.model.config import FlexTokConfig, TransformerConfig
 from flextok_jax.model.flextok import FlexTok
 from flextok_jax.model.layers import sincos_posemb_2d
@@ -56,20 +58,31 @@ class CheckpointError(ValueError):
     """The checkpoint does not match what this port implements."""
 
 
+# A header holds one short JSON entry per tensor plus the config: kilobytes to a few megabytes.
+MAX_HEADER_BYTES = 100 * 2**20
+
+
 def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The header's ``__metadata__`` str->str map, read without loading tensors."""
+    """The header's ``__metadata__`` str->str map, read without loading tensors.
+
+    The header length (the file's first 8 bytes) is checked before the header is parsed, so a
+    corrupt or hostile length never makes the reader allocate it.
+    """
+    path = os.fspath(path)
     with open(path, "rb") as f:
         raw = f.read(8)
-        if len(raw) != 8:
-            raise CheckpointError(f"{path}: too short to be a safetensors file")
-        (n,) = struct.unpack("<Q", raw)
-        if n > 100 * 2**20:
-            raise CheckpointError(f"{path}: safetensors header of {n} bytes is implausibly large")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: unreadable safetensors header ({e})") from e
-    return dict(header.get("__metadata__") or {})
+    if len(raw) != 8:
+        raise CheckpointError(f"{path}: too short to be a safetensors file")
+    (n,) = struct.unpack("<Q", raw)
+    if n > MAX_HEADER_BYTES:
+        raise CheckpointError(
+            f"{path}: safetensors header of {n} bytes is implausibly large (at most {MAX_HEADER_BYTES})"
+        )
+    try:
+        with safe_open(path, "np") as f:
+            return dict(f.metadata() or {})
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: unreadable safetensors header ({e})") from e
 
 
 def parse_official_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
@@ -155,6 +168,15 @@ def config_from_official(meta: Mapping[str, Any], vae_config: VAEConfig | None =
             mlp_ratio=float(t.get("mlp_ratio", 4.0)),
         )
 
+    # The official wrapper samples mean + std * noise when this is True, its default when the
+    # field is absent; this port encodes the posterior mean only (tokenize takes no RNG).
+    if bool(_get(meta, "vae.sample_posterior", True)):
+        stated = "sample_posterior" in _get(meta, "vae")
+        raise CheckpointError(
+            f"vae.sample_posterior is {'True' if stated else 'absent (the official default: True)'}: the "
+            "checkpoint asks for VAE latents sampled from the posterior, but this port encodes the "
+            "posterior mean only (sample_posterior=False)"
+        )
     repa = _get(dec, "dec_transformer.intermediate_layers", None)
     order = list(dec)
     posemb_first = order.index("dec_registers_posemb_module") < order.index("dec_nested_dropout")
@@ -172,7 +194,6 @@ def config_from_official(meta: Mapping[str, Any], vae_config: VAEConfig | None =
         vae=vae,
         vae_scaling_factor=float(_get(meta, "vae.scaling_factor", 1.0)),
         vae_shift_factor=float(_get(meta, "vae.shift_factor", 0.0) or 0.0),
-        vae_sample_posterior=bool(_get(meta, "vae.sample_posterior", False)),
         max_timestep=float(_get(dec, "dec_time_embedder.max_timestep", 1.0)),
         repa_layer=int(repa[0]) if repa else None,
         register_posemb_before_dropout=posemb_first,
@@ -230,32 +251,25 @@ def _fixed_tables(config: FlexTokConfig) -> dict[str, np.ndarray]:
     return out
 
 
-def _set(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
-
-
 def params_from_official(tensors: Mapping[str, np.ndarray], model: FlexTok, source: str = "checkpoint") -> dict:
     """Official state dict -> our params pytree (numpy float32), checked key by key."""
     config = model.config
-    expected = jax.tree_util.tree_map_with_path(lambda p, x: x.shape, jax.eval_shape(model.init, jax.random.key(0)))
-    params: dict = {}
+    expected = traverse_util.flatten_dict(jax.eval_shape(model.init, jax.random.key(0)))
+    flat: dict[tuple[str, ...], np.ndarray] = {}
     used: set[str] = set()
     for key, (path, transform) in _key_map(config).items():
         if key not in tensors:
             raise CheckpointError(f"{source}: missing tensor {key!r} (for parameter {'/'.join(path)})")
         value = transform(np.asarray(tensors[key], np.float32))
-        want = expected
-        for p in path:
-            want = want[p]
-        if tuple(value.shape) != tuple(want):
+        want = tuple(expected[path].shape)
+        if tuple(value.shape) != want:
             raise CheckpointError(
                 f"{source}: tensor {key!r} has shape {tuple(tensors[key].shape)} (as {tuple(value.shape)} "
-                f"in our layout) but parameter {'/'.join(path)} expects {tuple(want)}"
+                f"in our layout) but parameter {'/'.join(path)} expects {want}"
             )
-        _set(params, path, value)
+        flat[path] = value
         used.add(key)
+    params = traverse_util.unflatten_dict(flat)
     for key, table in _fixed_tables(config).items():
         if key not in tensors:
             raise CheckpointError(f"{source}: missing tensor {key!r}")
@@ -282,13 +296,17 @@ def load_official_checkpoint(
     path: str | os.PathLike,
     vae_config: VAEConfig | Mapping[str, Any] | None = None,
     dtype: Any = np.float32,
+    cache_dir: str | os.PathLike | None = None,
 ) -> tuple[FlexTok, dict]:
-    """Load an official FlexTok ``.safetensors`` checkpoint.
+    """Load an official FlexTok ``.safetensors`` checkpoint from a file or a Hugging Face hub id.
 
+    ``path``: a file, or (when no such file exists) a hub repository id such as
+    ``"EPFL-VILAB/flextok_d18_d28_dfn"`` whose ``model.safetensors`` is fetched into, or read
+    from, the hub cache (``cache_dir``, default huggingface_hub's; see ``flextok_jax.hub``).
     ``vae_config``: a ``VAEConfig`` or a diffusers ``config.json``-style dict; None means the
     standard VAE of the released models. Returns (model, params) with params a plain pytree.
     """
-    path = os.fspath(path)
+    path = resolve_checkpoint(path, cache_dir)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file at {path}")
     if isinstance(vae_config, Mapping):
@@ -296,7 +314,10 @@ def load_official_checkpoint(
     meta = parse_official_metadata(read_safetensors_metadata(path))
     if not meta:
         raise CheckpointError(f"{path}: no __metadata__ in the safetensors header; is this an official FlexTok checkpoint?")
-    config = config_from_official(meta, vae_config)
+    try:
+        config = config_from_official(meta, vae_config)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     model = FlexTok(config, dtype=dtype)
     params = params_from_official(load_file(path), model, source=path)
     return model, jax.tree_util.tree_map(np.asarray, params)

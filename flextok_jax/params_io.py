@@ -11,40 +11,28 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
+from flextok_jax.checkpoint_official import read_safetensors_metadata
 from flextok_jax.model.config import FlexTokConfig
+from flextok_jax.model.flextok import FlexTok
 
 FORMAT = "flextok_jax/1"
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for key, value in tree.items():
-        if "/" in str(key):
-            raise ValueError(f"parameter name {key!r} contains '/', which the file format reserves")
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, path + "/"))
-        else:
-            out[path] = np.asarray(jax.device_get(value))
-    return out
+def _flatten(tree: Any) -> dict[str, np.ndarray]:
+    """Nested dicts of arrays -> {'a/b/c': host array}; a '/' inside a name would be ambiguous."""
+    flat = traverse_util.flatten_dict(tree)
+    for path in flat:
+        for name in path:
+            if "/" in str(name):
+                raise ValueError(f"parameter name {name!r} contains '/', which the file format reserves")
+    return {"/".join(map(str, path)): np.asarray(jax.device_get(v)) for path, v in flat.items()}
 
 
 def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(k.key) for k in path): tuple(np.shape(x)) for path, x in leaves}
-
-
-def _unflatten(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        node = tree
-        *parents, leaf = key.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
+    return {key: tuple(np.shape(v)) for key, v in traverse_util.flatten_dict(tree, sep="/").items()}
 
 
 def save_params(path: str | os.PathLike, params: Any, config: FlexTokConfig | None = None) -> None:
@@ -64,8 +52,6 @@ def save_params(path: str | os.PathLike, params: Any, config: FlexTokConfig | No
 
 def load_params(path: str | os.PathLike) -> tuple[dict, FlexTokConfig | None]:
     """Read a file written by ``save_params``: (params as numpy pytree, config or None)."""
-    from flextok_jax.checkpoint_official import read_safetensors_metadata
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no parameter file at {path}")
@@ -81,13 +67,11 @@ def load_params(path: str | os.PathLike) -> tuple[dict, FlexTokConfig | None]:
             config = FlexTokConfig.from_dict(json.loads(meta["config"]))
         except (json.JSONDecodeError, TypeError, KeyError) as e:
             raise ValueError(f"{path}: unreadable config metadata ({e})") from e
-    return _unflatten(load_file(path)), config
+    return traverse_util.unflatten_dict(load_file(path), sep="/"), config
 
 
 def load_model(path: str | os.PathLike, dtype: Any = np.float32):
     """(FlexTok, params) from a file written by ``save_params`` with its config."""
-    from flextok_jax.model.flextok import FlexTok
-
     params, config = load_params(path)
     if config is None:
         raise ValueError(f"{os.fspath(path)} holds no config; build FlexTok(config) yourself and use load_params")

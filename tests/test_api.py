@@ -1,13 +1,18 @@
-"""Public API behaviour: input checks, sharded execution, bfloat16, our parameter files."""
+"""Public API behaviour: input checks, sharded execution, bfloat16, our parameter files,
+checkpoint headers and options this port rejects."""
+import ast
 import re
+import struct
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
 import flextok_jax
 from flextok_jax import parallel
+from flextok_jax.checkpoint_official import MAX_HEADER_BYTES, CheckpointError, read_safetensors_metadata
 from flextok_jax.params_io import load_model, load_params, save_params
 
 from helpers import fixture_vae_config, max_err, nhwc
@@ -174,3 +179,46 @@ def test_load_params_rejects_foreign_and_mismatched_files(tmp_path, parity_dir, 
     save_params(path, bad, model.config)
     with pytest.raises(ValueError, match=re.escape("'encoder/registers' has shape (3, 64), expected (16, 64)")):
         load_model(path)
+
+
+# ---------------------------------------------------------------- safetensors headers
+def test_metadata_reader_rejects_huge_and_broken_headers(tmp_path, parity_dir):
+    assert read_safetensors_metadata(parity_dir / "flextok_tiny.safetensors")["_target_"] == (
+        "flextok.flextok_wrapper.FlexTok"
+    )
+    huge = tmp_path / "huge.safetensors"
+    # Claims a header one byte over the limit; the file itself is tiny, so it is the length check
+    # (not a failed read) that must reject it.
+    huge.write_bytes(struct.pack("<Q", MAX_HEADER_BYTES + 1) + b"{}")
+    with pytest.raises(CheckpointError, match=rf"huge\.safetensors: safetensors header of {MAX_HEADER_BYTES + 1} bytes"):
+        read_safetensors_metadata(huge)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(struct.pack("<Q", 9) + b"{not json")
+    with pytest.raises(CheckpointError, match=r"broken\.safetensors: unreadable safetensors header"):
+        read_safetensors_metadata(broken)
+    short = tmp_path / "short.safetensors"
+    short.write_bytes(b"\x01\x02")
+    with pytest.raises(CheckpointError, match=r"short\.safetensors: too short"):
+        read_safetensors_metadata(short)
+
+
+# ---------------------------------------------------------------- vae.sample_posterior
+def _with_vae_field(src, dst, value):
+    """Copy of the official checkpoint ``src`` with vae.sample_posterior set (None: removed)."""
+    meta = read_safetensors_metadata(src)
+    vae = ast.literal_eval(meta["vae"])
+    vae.pop("sample_posterior")
+    if value is not None:
+        vae["sample_posterior"] = value
+    save_file(load_file(src), dst, metadata={**meta, "vae": str(vae)})
+    return dst
+
+
+@pytest.mark.parametrize("value,stated", [(True, "True"), (None, r"absent \(the official default: True\)")])
+def test_checkpoint_asking_for_posterior_samples_is_rejected(tmp_path, parity_dir, parity_io, value, stated):
+    src = parity_dir / "flextok_tiny.safetensors"
+    # The fixture itself says False and loads (the `tiny` fixture above).
+    assert ast.literal_eval(read_safetensors_metadata(src)["vae"])["sample_posterior"] is False
+    path = _with_vae_field(src, tmp_path / "posterior.safetensors", value)
+    with pytest.raises(CheckpointError, match=rf"posterior\.safetensors: vae\.sample_posterior is {stated}"):
+        flextok_jax.load_official_checkpoint(path, vae_config=fixture_vae_config(parity_io))

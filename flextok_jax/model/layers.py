@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -296,17 +297,9 @@ def sincos_posemb_2d(grid_h: int, grid_w: int, dim: int) -> jax.Array:
 
 def patchify(x: jax.Array, patch: tuple[int, int]) -> jax.Array:
     """[B, h, w, C] -> [B, (h/ph)*(w/pw), ph*pw*C], entries ordered (row, col, channel)."""
-    b, h, w, c = x.shape
-    ph, pw = patch
-    x = x.reshape(b, h // ph, ph, w // pw, pw, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (h // ph) * (w // pw), ph * pw * c)
+    return rearrange(x, "b (gh ph) (gw pw) c -> b (gh gw) (ph pw c)", ph=patch[0], pw=patch[1])
 
 
 def unpatchify(x: jax.Array, grid: tuple[int, int], patch: tuple[int, int]) -> jax.Array:
     """Inverse of ``patchify``: [B, gh*gw, ph*pw*C] -> [B, gh*ph, gw*pw, C]."""
-    b = x.shape[0]
-    gh, gw = grid
-    ph, pw = patch
-    c = x.shape[-1] // (ph * pw)
-    x = x.reshape(b, gh, gw, ph, pw, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, gh * ph, gw * pw, c)
+    return rearrange(x, "b (gh gw) (ph pw c) -> b (gh ph) (gw pw) c", gh=grid[0], gw=grid[1], ph=patch[0], pw=patch[1])

@@ -9,10 +9,11 @@ factor is deliberately not part of this module: FlexTok applies it itself.
 
 Parameters are always float32; ``dtype`` only selects the computation dtype.
 
-``conv_impl`` selects how the 3x3 stride-1 convolutions (most of the FLOPs) are computed:
-"direct" uses ``lax.conv_general_dilated``; "winograd" uses Winograd
-F(2x2,3x3) (``flextok_jax.model.winograd``), 2.25x fewer multiplies and equal to the direct
-conv up to float32 rounding, for the convs whose input width is at least
+``AutoencoderKL(conv_impl=, winograd_min_channels=)`` chooses, once, how the 3x3 stride-1
+convolutions (most of the FLOPs) are computed; that choice is one ``ConvFactory`` that every
+block builds its convs with. "direct" uses ``lax.conv_general_dilated``; "winograd" uses
+Winograd F(2x2,3x3) (``flextok_jax.model.winograd``), 2.25x fewer multiplies and equal to the
+direct conv up to float32 rounding, for the convs whose input width is at least
 ``winograd_min_channels`` (narrower ones keep the direct conv, which is faster there on CPU).
 1x1 convs are channel matmuls. The parameter tree is the same either way, and as diffusers'.
 """
@@ -27,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
+from flax import traverse_util
 
 from flextok_jax.model.winograd import winograd_conv3x3
 
@@ -172,13 +174,27 @@ class Conv(nn.Module):
         return y + bias.astype(self.dtype)
 
 
-def _conv3(features: int, in_features: int, dtype: Dtype, name: str, impl: str, min_channels: int) -> Conv:
-    """A 3x3 stride-1 'same' conv, Winograd or direct according to ``impl`` and the input width
-    (the tile matmuls contract over it; at 128 XLA's direct conv is faster)."""
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
-    method = "winograd" if impl == "winograd" and in_features >= min_channels else "direct"
-    return Conv(features, method=method, dtype=dtype, name=name)
+@dataclasses.dataclass(frozen=True)
+class ConvFactory:
+    """The one choice of how the VAE computes its 3x3 stride-1 'same' convs, made once by
+    ``AutoencoderKL`` and handed to every block.
+
+    ``impl`` "winograd": Winograd for the convs whose input width is at least
+    ``winograd_min_channels`` (the tile matmuls contract over it; at 128 channels XLA's direct conv
+    is faster on CPU), direct for the narrower ones; "direct": ``lax.conv_general_dilated`` for all.
+    """
+
+    impl: str = DEFAULT_CONV_IMPL
+    winograd_min_channels: int = DEFAULT_WINOGRAD_MIN_CHANNELS
+
+    def __post_init__(self) -> None:
+        if self.impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.impl!r}")
+
+    def conv3x3(self, features: int, in_features: int, *, dtype: Dtype, name: str) -> Conv:
+        """A 3x3 stride-1 conv padded by one: [B,H,W,in_features] -> [B,H,W,features]."""
+        wide = self.impl == "winograd" and in_features >= self.winograd_min_channels
+        return Conv(features, method="winograd" if wide else "direct", dtype=dtype, name=name)
 
 
 def _group_norm(groups: int, dtype: Dtype, name: str) -> nn.GroupNorm:
@@ -202,18 +218,17 @@ class ResnetBlock(nn.Module):
     out_channels: int
     groups: int
     dtype: Dtype = jnp.float32
-    conv_impl: str = DEFAULT_CONV_IMPL
-    winograd_min_channels: int = DEFAULT_WINOGRAD_MIN_CHANNELS
+    convs: ConvFactory = ConvFactory()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        ci, mc, c = self.conv_impl, self.winograd_min_channels, self.out_channels
+        c = self.out_channels
         h = nn.silu(_group_norm(self.groups, self.dtype, "norm1")(x))
-        h = _conv3(c, x.shape[-1], self.dtype, "conv1", ci, mc)(h)
+        h = self.convs.conv3x3(c, x.shape[-1], dtype=self.dtype, name="conv1")(h)
         h = nn.silu(_group_norm(self.groups, self.dtype, "norm2")(h))
-        h = _conv3(c, c, self.dtype, "conv2", ci, mc)(h)
-        if x.shape[-1] != self.out_channels:
-            x = Conv(self.out_channels, 1, method="matmul", dtype=self.dtype, name="conv_shortcut")(x)
+        h = self.convs.conv3x3(c, c, dtype=self.dtype, name="conv2")(h)
+        if x.shape[-1] != c:
+            x = Conv(c, 1, method="matmul", dtype=self.dtype, name="conv_shortcut")(x)
         return x + h
 
 
@@ -254,16 +269,14 @@ class MidBlock(nn.Module):
     groups: int
     add_attention: bool
     dtype: Dtype = jnp.float32
-    conv_impl: str = DEFAULT_CONV_IMPL
-    winograd_min_channels: int = DEFAULT_WINOGRAD_MIN_CHANNELS
+    convs: ConvFactory = ConvFactory()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(conv_impl=self.conv_impl, winograd_min_channels=self.winograd_min_channels)
-        x = ResnetBlock(self.channels, self.groups, self.dtype, name="resnets_0", **kw)(x)
+        x = ResnetBlock(self.channels, self.groups, self.dtype, self.convs, name="resnets_0")(x)
         if self.add_attention:
             x = SpatialAttention(self.groups, self.dtype, name="attentions_0")(x)
-        return ResnetBlock(self.channels, self.groups, self.dtype, name="resnets_1", **kw)(x)
+        return ResnetBlock(self.channels, self.groups, self.dtype, self.convs, name="resnets_1")(x)
 
 
 class Downsample(nn.Module):
@@ -284,51 +297,33 @@ class Upsample(nn.Module):
 
     channels: int
     dtype: Dtype = jnp.float32
-    conv_impl: str = DEFAULT_CONV_IMPL
-    winograd_min_channels: int = DEFAULT_WINOGRAD_MIN_CHANNELS
+    convs: ConvFactory = ConvFactory()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        conv = _conv3(self.channels, x.shape[-1], self.dtype, "conv", self.conv_impl, self.winograd_min_channels)
-        return conv(x)
+        return self.convs.conv3x3(self.channels, x.shape[-1], dtype=self.dtype, name="conv")(x)
 
 
-class _DownBlock(nn.Module):
+class _Stage(nn.Module):
+    """One diffusers Down/UpEncoderBlock2D: ``num_layers`` resnets at ``channels``, then
+    (``resample``) "down" halves or "up" doubles the resolution, None keeps it."""
+
     channels: int
     groups: int
     num_layers: int
-    add_downsample: bool
+    resample: str | None
     dtype: Dtype = jnp.float32
-    conv_impl: str = DEFAULT_CONV_IMPL
-    winograd_min_channels: int = DEFAULT_WINOGRAD_MIN_CHANNELS
+    convs: ConvFactory = ConvFactory()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(conv_impl=self.conv_impl, winograd_min_channels=self.winograd_min_channels)
         for j in range(self.num_layers):
-            x = ResnetBlock(self.channels, self.groups, self.dtype, name=f"resnets_{j}", **kw)(x)
-        if self.add_downsample:
+            x = ResnetBlock(self.channels, self.groups, self.dtype, self.convs, name=f"resnets_{j}")(x)
+        if self.resample == "down":
             x = Downsample(self.channels, self.dtype, name="downsamplers_0")(x)
-        return x
-
-
-class _UpBlock(nn.Module):
-    channels: int
-    groups: int
-    num_layers: int
-    add_upsample: bool
-    dtype: Dtype = jnp.float32
-    conv_impl: str = DEFAULT_CONV_IMPL
-    winograd_min_channels: int = DEFAULT_WINOGRAD_MIN_CHANNELS
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(conv_impl=self.conv_impl, winograd_min_channels=self.winograd_min_channels)
-        for j in range(self.num_layers):
-            x = ResnetBlock(self.channels, self.groups, self.dtype, name=f"resnets_{j}", **kw)(x)
-        if self.add_upsample:
-            x = Upsample(self.channels, self.dtype, name="upsamplers_0", **kw)(x)
+        elif self.resample == "up":
+            x = Upsample(self.channels, self.dtype, self.convs, name="upsamplers_0")(x)
         return x
 
 
@@ -337,23 +332,19 @@ class Encoder(nn.Module):
 
     config: VAEConfig
     dtype: Dtype = jnp.float32
-    conv_impl: str = DEFAULT_CONV_IMPL
-    winograd_min_channels: int = DEFAULT_WINOGRAD_MIN_CHANNELS
+    convs: ConvFactory = ConvFactory()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        cfg, g = self.config, self.config.norm_num_groups
+        cfg, g, convs, dt = self.config, self.config.norm_num_groups, self.convs, self.dtype
         n = len(cfg.block_out_channels)
-        ci, mc = self.conv_impl, self.winograd_min_channels
-        kw = dict(conv_impl=ci, winograd_min_channels=mc)
-        x = _conv3(cfg.block_out_channels[0], x.shape[-1], self.dtype, "conv_in", ci, mc)(x)
+        x = convs.conv3x3(cfg.block_out_channels[0], x.shape[-1], dtype=dt, name="conv_in")(x)
         for i, ch in enumerate(cfg.block_out_channels):
-            x = _DownBlock(ch, g, cfg.layers_per_block, i < n - 1, self.dtype, name=f"down_blocks_{i}", **kw)(x)
-        x = MidBlock(
-            cfg.block_out_channels[-1], g, cfg.mid_block_add_attention, self.dtype, name="mid_block", **kw
-        )(x)
-        x = nn.silu(_group_norm(g, self.dtype, "conv_norm_out")(x))
-        return _conv3(2 * cfg.latent_channels, x.shape[-1], self.dtype, "conv_out", ci, mc)(x)
+            down = "down" if i < n - 1 else None
+            x = _Stage(ch, g, cfg.layers_per_block, down, dt, convs, name=f"down_blocks_{i}")(x)
+        x = MidBlock(cfg.block_out_channels[-1], g, cfg.mid_block_add_attention, dt, convs, name="mid_block")(x)
+        x = nn.silu(_group_norm(g, dt, "conv_norm_out")(x))
+        return convs.conv3x3(2 * cfg.latent_channels, x.shape[-1], dtype=dt, name="conv_out")(x)
 
 
 class Decoder(nn.Module):
@@ -361,22 +352,20 @@ class Decoder(nn.Module):
 
     config: VAEConfig
     dtype: Dtype = jnp.float32
-    conv_impl: str = DEFAULT_CONV_IMPL
-    winograd_min_channels: int = DEFAULT_WINOGRAD_MIN_CHANNELS
+    convs: ConvFactory = ConvFactory()
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        cfg, g = self.config, self.config.norm_num_groups
+        cfg, g, convs, dt = self.config, self.config.norm_num_groups, self.convs, self.dtype
         rev = tuple(reversed(cfg.block_out_channels))
-        ci, mc = self.conv_impl, self.winograd_min_channels
-        kw = dict(conv_impl=ci, winograd_min_channels=mc)
-        x = _conv3(rev[0], z.shape[-1], self.dtype, "conv_in", ci, mc)(z)
-        x = MidBlock(rev[0], g, cfg.mid_block_add_attention, self.dtype, name="mid_block", **kw)(x)
+        x = convs.conv3x3(rev[0], z.shape[-1], dtype=dt, name="conv_in")(z)
+        x = MidBlock(rev[0], g, cfg.mid_block_add_attention, dt, convs, name="mid_block")(x)
         for i, ch in enumerate(rev):
-            up = _UpBlock(ch, g, cfg.layers_per_block + 1, i < len(rev) - 1, self.dtype, name=f"up_blocks_{i}", **kw)
-            x = up(x)
-        x = nn.silu(_group_norm(g, self.dtype, "conv_norm_out")(x))
-        return _conv3(cfg.out_channels, x.shape[-1], self.dtype, "conv_out", ci, mc)(x)
+            up = "up" if i < len(rev) - 1 else None
+            # diffusers' decoder blocks hold one resnet more than the encoder's.
+            x = _Stage(ch, g, cfg.layers_per_block + 1, up, dt, convs, name=f"up_blocks_{i}")(x)
+        x = nn.silu(_group_norm(g, dt, "conv_norm_out")(x))
+        return convs.conv3x3(cfg.out_channels, x.shape[-1], dtype=dt, name="conv_out")(x)
 
 
 class AutoencoderKL(nn.Module):
@@ -393,13 +382,11 @@ class AutoencoderKL(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        if self.conv_impl not in CONV_IMPLS:
-            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
-        kw = dict(conv_impl=self.conv_impl, winograd_min_channels=self.winograd_min_channels)
-        self.encoder = Encoder(cfg, self.dtype, **kw)
+        convs = ConvFactory(self.conv_impl, self.winograd_min_channels)
+        self.encoder = Encoder(cfg, self.dtype, convs)
         self.quant_conv = Conv(2 * cfg.latent_channels, 1, method="matmul", dtype=self.dtype, name="quant_conv")
         self.post_quant_conv = Conv(cfg.latent_channels, 1, method="matmul", dtype=self.dtype, name="post_quant_conv")
-        self.decoder = Decoder(cfg, self.dtype, **kw)
+        self.decoder = Decoder(cfg, self.dtype, convs)
 
     def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """images [B,H,W,in_channels] in [-1,1] → (mean, logvar), each [B,H/f,W/f,latent_channels].
@@ -489,12 +476,11 @@ def vae_params_from_torch(
       ValueError: listing every missing, unexpected or mis-shaped tensor, with
         the torch key and the checkpoint and expected (torch-layout) shapes.
     """
-    expected: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}
-    for path, sds in jax.tree_util.tree_flatten_with_path(param_shapes(config))[0]:
-        names = tuple(k.key for k in path)
-        expected[_torch_key(names)] = (names, tuple(sds.shape))
-
-    params: dict = {}
+    expected = {
+        _torch_key(names): (names, tuple(sds.shape))
+        for names, sds in traverse_util.flatten_dict(param_shapes(config)).items()
+    }
+    flat_params: dict[tuple[str, ...], np.ndarray] = {}
     problems: list[str] = []
     seen: set[str] = set()
     found_any = False
@@ -519,10 +505,7 @@ def vae_params_from_torch(
         if tuple(t.shape) != want and not squeezed_ok:
             problems.append(f"shape mismatch for {key!r}: checkpoint {tuple(t.shape)}, expected {want}")
             continue
-        node = params
-        for n in names[:-1]:
-            node = node.setdefault(n, {})
-        node[names[-1]] = np.ascontiguousarray(_to_flax(names[-1], t, flax_shape), dtype=np.float32)
+        flat_params[names] = np.ascontiguousarray(_to_flax(names[-1], t, flax_shape), dtype=np.float32)
 
     for name in expected:
         if name not in seen:
@@ -540,4 +523,4 @@ def vae_params_from_torch(
             f"({len(problems)} problem(s)); if the checkpoint uses a different VAE architecture, "
             f"pass the matching vae_config:\n  " + "\n  ".join(shown) + more
         )
-    return params
+    return traverse_util.unflatten_dict(flat_params)
