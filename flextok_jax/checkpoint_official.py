@@ -169,14 +169,8 @@ def config_from_official(meta: Mapping[str, Any], vae_config: VAEConfig | None =
         )
 
     # The official wrapper samples mean + std * noise when this is True, its default when the
-    # field is absent; this port encodes the posterior mean only (tokenize takes no RNG).
-    if bool(_get(meta, "vae.sample_posterior", True)):
-        stated = "sample_posterior" in _get(meta, "vae")
-        raise CheckpointError(
-            f"vae.sample_posterior is {'True' if stated else 'absent (the official default: True)'}: the "
-            "checkpoint asks for VAE latents sampled from the posterior, but this port encodes the "
-            "posterior mean only (sample_posterior=False)"
-        )
+    # field is absent; FlexTok.encode_latents does so when given an rng (training always is).
+    sample_posterior = bool(_get(meta, "vae.sample_posterior", True))
     repa = _get(dec, "dec_transformer.intermediate_layers", None)
     order = list(dec)
     posemb_first = order.index("dec_registers_posemb_module") < order.index("dec_nested_dropout")

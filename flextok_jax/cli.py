@@ -4,8 +4,10 @@
     python -m flextok_jax.cli detokenize --checkpoint CKPT --tokens tokens.npz --out_dir DIR --keep_k 1 16 256
     python -m flextok_jax.cli tokenize-dataset --checkpoint CKPT --source fashion_mnist --image_size 32 --out DIR
 
-CKPT is an official FlexTok ``.safetensors`` (``--vae_config`` takes a diffusers config.json for a
-non-standard VAE) or a file written by ``flextok_jax.save_params`` with its config.
+CKPT is an official FlexTok ``.safetensors`` or its Hugging Face hub id (e.g.
+EPFL-VILAB/flextok_d18_d28_dfn; needs ``flextok_jax[hub]``, works offline from the cache;
+``--vae_config`` takes a diffusers config.json for a non-standard VAE), or a file written by
+``flextok_jax.save_params`` with its config.
 Token files: ``.npz`` (arrays ``tokens`` int32 [N, k] and ``files``) or ``.array_record`` (one
 msgpack record per image: ``{"file": str, "tokens": int32 [k]}``).
 """
@@ -36,6 +38,7 @@ from flextok_jax.data.skips import is_skipped
 from flextok_jax.data.token_dataset import DEFAULT_RECORDS_PER_SHARD, tokenize_dataset
 from flextok_jax.data.token_views import AUGMENTATIONS
 from flextok_jax.data.transforms import prepare_eval_image
+from flextok_jax.hub import resolve_checkpoint
 from flextok_jax.parallel import initialize_distributed, make_mesh
 from flextok_jax.params_io import FORMAT, load_model
 
@@ -43,7 +46,9 @@ log = logging.getLogger("flextok_jax.cli")
 
 
 def load_checkpoint(path: str | os.PathLike, vae_config: str | None = None, dtype: Any = np.float32):
-    """(FlexTok, params) from an official checkpoint or one of ours, told apart by its metadata."""
+    """(FlexTok, params) from an official checkpoint or one of ours (a path or a hub repository
+    id such as EPFL-VILAB/flextok_d18_d28_dfn), told apart by its metadata."""
+    path = resolve_checkpoint(path)
     meta = read_safetensors_metadata(path)
     if meta.get("format") == FORMAT:
         return load_model(path, dtype=dtype)

@@ -214,11 +214,22 @@ def _with_vae_field(src, dst, value):
     return dst
 
 
-@pytest.mark.parametrize("value,stated", [(True, "True"), (None, r"absent \(the official default: True\)")])
-def test_checkpoint_asking_for_posterior_samples_is_rejected(tmp_path, parity_dir, parity_io, value, stated):
+@pytest.mark.parametrize("value", [True, None])
+def test_checkpoint_asking_for_posterior_samples_is_honoured(tmp_path, parity_dir, parity_io, value, tiny):
+    """vae.sample_posterior True (or absent: the official default) loads; encode_latents with an
+    rng then samples mean + std * noise, without one it is the posterior mean (tokenize)."""
     src = parity_dir / "flextok_tiny.safetensors"
-    # The fixture itself says False and loads (the `tiny` fixture above).
     assert ast.literal_eval(read_safetensors_metadata(src)["vae"])["sample_posterior"] is False
     path = _with_vae_field(src, tmp_path / "posterior.safetensors", value)
-    with pytest.raises(CheckpointError, match=rf"posterior\.safetensors: vae\.sample_posterior is {stated}"):
-        flextok_jax.load_official_checkpoint(path, vae_config=fixture_vae_config(parity_io))
+    model, params = flextok_jax.load_official_checkpoint(path, vae_config=fixture_vae_config(parity_io))
+    assert model.config.vae_sample_posterior and not tiny[0].config.vae_sample_posterior
+    images = jnp.asarray(nhwc(parity_io["images"]))
+    mean = model.encode_latents(params, images)
+    np.testing.assert_allclose(np.asarray(mean), nhwc(parity_io["vae_latents"]), atol=1e-4)
+    m, logvar = model.vae.apply({"params": params["vae"]}, images, method=type(model.vae).encode)
+    rng = jax.random.key(3)
+    sampled = model.encode_latents(params, images, rng)
+    want = (m + jnp.exp(0.5 * logvar) * jax.random.normal(rng, m.shape)) * model.config.vae_scaling_factor
+    assert max_err(sampled, want) <= 1e-5 and max_err(sampled, mean) > 1e-3
+    # The fixture's own model (sample_posterior False) ignores the rng.
+    assert max_err(tiny[0].encode_latents(tiny[1], images, rng), tiny[0].encode_latents(tiny[1], images)) == 0

@@ -81,12 +81,19 @@ class FlexTok:
         return nn.get_partition_spec(jax.eval_shape(self.init_boxed, jax.random.key(0)))
 
     # ------------------------------------------------------------------ pieces
-    def encode_latents(self, params: Params, images: jax.Array) -> jax.Array:
-        """images [B, H, W, 3] in [-1, 1] -> scaled latents [B, H/f, W/f, C] (posterior mean)."""
+    def encode_latents(self, params: Params, images: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        """images [B, H, W, 3] in [-1, 1] -> scaled latents [B, H/f, W/f, C].
+
+        The posterior mean, or — when ``config.vae_sample_posterior`` (as the checkpoint asks)
+        and an ``rng`` is given — a sample mean + std * noise, as the official VAE wrapper draws.
+        """
         if self.vae is None:
             return images.astype(jnp.float32)
-        mean, _ = self.vae.apply({"params": params["vae"]}, images, method=AutoencoderKL.encode)
-        return ((mean.astype(jnp.float32) - self.config.vae_shift_factor) * self.config.vae_scaling_factor)
+        mean, logvar = self.vae.apply({"params": params["vae"]}, images, method=AutoencoderKL.encode)
+        z = mean.astype(jnp.float32)
+        if self.config.vae_sample_posterior and rng is not None:
+            z = z + jnp.exp(0.5 * logvar) * jax.random.normal(rng, z.shape, jnp.float32)
+        return (z - self.config.vae_shift_factor) * self.config.vae_scaling_factor
 
     def decode_latents(self, params: Params, latents: jax.Array) -> jax.Array:
         """scaled latents [B, h, w, C] -> images [B, H, W, 3] (not clipped)."""
@@ -99,13 +106,15 @@ class FlexTok:
         """latents [B, h, w, C] -> FSQ inputs [B, k, code_dim] for the first k registers."""
         return self.encoder.apply({"params": params["encoder"]}, latents, num_tokens)
 
-    def encode(self, params: Params, images: jax.Array, num_tokens: int | None = None) -> tuple[jax.Array, jax.Array]:
+    def encode(self, params: Params, images: jax.Array, num_tokens: int | None = None,
+               rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """images [B, H, W, 3] in [-1, 1] -> (latents [B, h, w, C], FSQ codes [B, k, code_dim]).
 
         The one path image -> VAE -> encoder -> FSQ (straight-through, so the encoder trains
-        through it); no gradient reaches the VAE. k = ``num_tokens`` (default n_registers).
+        through it); no gradient reaches the VAE. k = ``num_tokens`` (default n_registers);
+        ``rng`` samples the VAE posterior where the config asks for it (``encode_latents``).
         """
-        latents = jax.lax.stop_gradient(self.encode_latents(params, images))
+        latents = jax.lax.stop_gradient(self.encode_latents(params, images, rng))
         codes = fsq_quantize(self.encode_registers(params, latents, num_tokens), self.config.fsq_levels)
         return latents, codes
 

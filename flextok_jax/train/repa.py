@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from flextok_jax.model.config import FlexTokConfig
-from flextok_jax.model.layers import dense
+from flextok_jax.model.layers import dense, patchify
 
 Teacher = Callable[[jax.Array], jax.Array]
 # name -> factory(model config) -> (teacher, feature dim)
@@ -38,9 +38,7 @@ def _pixel_patches(config: FlexTokConfig) -> tuple[Teacher, int]:
     unit = config.vae_downsample * config.patch_size[0], config.vae_downsample * config.patch_size[1]
 
     def teacher(images: jax.Array) -> jax.Array:
-        b, h, w, c = images.shape
-        x = images.reshape(b, h // unit[0], unit[0], w // unit[1], unit[1], c)
-        return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // unit[0]) * (w // unit[1]), -1)
+        return patchify(images, unit)
 
     return teacher, unit[0] * unit[1] * 3
 

@@ -89,8 +89,8 @@ def flow_loss(
     """images [B, H, W, 3] in [-1, 1] -> (scalar loss, metrics). ``params`` are differentiated."""
     cfg = model.config
     b = images.shape[0]
-    r_keep, r_null, r_t, r_noise = jax.random.split(rng, 4)
-    x0, codes = model.encode({**frozen, **params}, images)
+    r_keep, r_null, r_t, r_noise, r_vae = jax.random.split(rng, 5)
+    x0, codes = model.encode({**frozen, **params}, images, rng=r_vae)
     keep_k = sample_keep_k(r_keep, b, cfg.n_registers, hp.nested_dropout)
     null_cond = jax.random.bernoulli(r_null, hp.guidance_dropout, (b,))
     t = flow.sample_logit_normal_t(r_t, b, hp.t_mean, hp.t_std)
