@@ -29,7 +29,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("adaln", "tensor"),
     ("embed_out", None),
-    ("vocab", None),
+    ("vocab", "tensor"),
     ("classes", None),
     ("positions", None),
     ("token_types", None),

@@ -35,39 +35,56 @@ def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     return {key: tuple(np.shape(v)) for key, v in traverse_util.flatten_dict(tree, sep="/").items()}
 
 
-def save_params(path: str | os.PathLike, params: Any, config: FlexTokConfig | None = None) -> None:
-    """Write a params pytree (nested dicts of arrays, possibly sharded) to one safetensors file.
-
-    The write goes to a temporary file that is renamed into place, so a crash never leaves a
-    truncated file under ``path``.
-    """
+def write_param_file(path: str | os.PathLike, params: Any, metadata: dict[str, str]) -> None:
+    """Any params pytree (nested dicts of arrays, possibly sharded) -> one safetensors file with
+    '/'-joined keys and string ``metadata``, through a temporary file renamed into place (a crash
+    never leaves a truncated file under ``path``). Every parameter file of the package is one."""
     path = os.fspath(path)
-    metadata = {"format": FORMAT}
-    if config is not None:
-        metadata["config"] = json.dumps(config.to_dict())
     tmp = path + ".tmp"
     save_file(_flatten(params), tmp, metadata=metadata)
     os.replace(tmp, path)
 
 
-def load_params(path: str | os.PathLike) -> tuple[dict, FlexTokConfig | None]:
-    """Read a file written by ``save_params``: (params as numpy pytree, config or None)."""
+def read_param_file(path: str | os.PathLike, fmt: str, hint: str = "") -> tuple[dict, dict[str, str]]:
+    """(params as a numpy pytree, metadata) of a ``write_param_file`` file whose metadata format
+    is ``fmt``; FileNotFoundError / ValueError naming the file otherwise (``hint`` says what to
+    use instead)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no parameter file at {path}")
     meta = read_safetensors_metadata(path)
-    if meta.get("format") != FORMAT:
-        raise ValueError(
-            f"{path}: metadata format is {meta.get('format')!r}, expected {FORMAT!r} "
-            "(for official FlexTok checkpoints use load_official_checkpoint)"
-        )
+    if meta.get("format") != fmt:
+        raise ValueError(f"{path}: metadata format is {meta.get('format')!r}, expected {fmt!r}{hint}")
+    return traverse_util.unflatten_dict(load_file(path), sep="/"), meta
+
+
+def check_param_shapes(path: str | os.PathLike, params: Any, expected: Any) -> None:
+    """ValueError naming the file, the key and both shapes (None = absent) unless ``params`` has
+    exactly the leaves and shapes of ``expected`` (e.g. ``jax.eval_shape`` of an init)."""
+    want, got = _flat_shapes(expected), _flat_shapes(params)
+    for key in sorted(set(want) | set(got)):
+        if want.get(key) != got.get(key):
+            raise ValueError(f"{os.fspath(path)}: parameter {key!r} has shape {got.get(key)}, expected {want.get(key)}")
+
+
+def save_params(path: str | os.PathLike, params: Any, config: FlexTokConfig | None = None) -> None:
+    """Write tokenizer params (and their config as JSON) to one safetensors file."""
+    metadata = {"format": FORMAT}
+    if config is not None:
+        metadata["config"] = json.dumps(config.to_dict())
+    write_param_file(path, params, metadata)
+
+
+def load_params(path: str | os.PathLike) -> tuple[dict, FlexTokConfig | None]:
+    """Read a file written by ``save_params``: (params as numpy pytree, config or None)."""
+    params, meta = read_param_file(path, FORMAT, " (for official FlexTok checkpoints use load_official_checkpoint)")
     config = None
     if "config" in meta:
         try:
             config = FlexTokConfig.from_dict(json.loads(meta["config"]))
         except (json.JSONDecodeError, TypeError, KeyError) as e:
-            raise ValueError(f"{path}: unreadable config metadata ({e})") from e
-    return traverse_util.unflatten_dict(load_file(path), sep="/"), config
+            raise ValueError(f"{os.fspath(path)}: unreadable config metadata ({e})") from e
+    return params, config
 
 
 def load_model(path: str | os.PathLike, dtype: Any = np.float32):
@@ -76,11 +93,7 @@ def load_model(path: str | os.PathLike, dtype: Any = np.float32):
     if config is None:
         raise ValueError(f"{os.fspath(path)} holds no config; build FlexTok(config) yourself and use load_params")
     model = FlexTok(config, dtype=dtype)
-    want = _flat_shapes(jax.eval_shape(model.init, jax.random.key(0)))
-    got = _flat_shapes(params)
-    for key in sorted(set(want) | set(got)):
-        if want.get(key) != got.get(key):
-            raise ValueError(f"{os.fspath(path)}: parameter {key!r} has shape {got.get(key)}, expected {want.get(key)}")
+    check_param_shapes(path, params, jax.eval_shape(model.init, jax.random.key(0)))
     return model, params
 
 # The file name of a trained tokenizer's export (``WORKDIR/export/flextok.safetensors``).

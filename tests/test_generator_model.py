@@ -11,14 +11,7 @@ from flextok_jax.benchmarks.models import random_params
 
 VOCAB = 16
 # The generator's new logical names mapped onto the mesh (parallel.DEFAULT_RULES has the rest).
-GENERATOR_RULES = parallel.DEFAULT_RULES + (
-    ("vocab", "tensor"),
-    ("classes", None),
-    ("positions", None),
-    ("act_batch", parallel.BATCH_AXES),
-    ("act_seq", None),
-    ("act_embed", None),
-)
+GENERATOR_RULES = parallel.DEFAULT_RULES  # they name the generator's axes too
 
 
 @pytest.fixture(scope="module")

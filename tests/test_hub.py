@@ -18,7 +18,7 @@ import pytest
 import flextok_jax
 from flextok_jax.hub import HUB_FILENAME, looks_like_repo_id, resolve_checkpoint
 
-from test_parity import fixture_vae_config
+from helpers import fixture_vae_config
 
 REPO_ID = "EPFL-VILAB/flextok_tiny"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -15,7 +15,7 @@ def test_demo_notebook_executes(tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     params = nb.cells[1]
     assert params.cell_type == "code" and "TRAIN_STEPS" in params.source
-    params.source += f"\nTRAIN_STEPS = 30\nNUM_STEPS = 4\nWORKDIR = {str(tmp_path / 'demo')!r}\n"
+    params.source += f"\nTRAIN_STEPS = 30\nGEN_STEPS = 20\nGEN_IMAGES = 512\nNUM_STEPS = 4\nWORKDIR = {str(tmp_path / 'demo')!r}\n"
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     outputs = "".join(
@@ -28,4 +28,5 @@ def test_demo_notebook_executes(tmp_path):
     curve = PIL.Image.open(tmp_path / "demo" / "loss_curve.png")
     assert curve.size == (600, 350)  # figsize (6, 3.5) at 100 dpi
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) >= 2  # the reconstruction grid and the loss curve are displayed
+    assert len(images) >= 3  # the reconstruction grid, the loss curve and the generated samples
+    assert (tmp_path / "demo" / "generator" / "export" / "generator.safetensors").is_file()

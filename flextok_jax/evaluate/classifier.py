@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import traverse_util
-from safetensors.numpy import load_file, save_file
-
+from flextok_jax.data.fashion_mnist import DEFAULT_ROOT, FashionMnistSource
+from flextok_jax.data.transforms import prepare_eval_image
 from flextok_jax.model.layers import dense
+from flextok_jax.params_io import check_param_shapes, read_param_file, write_param_file
 
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -93,9 +93,6 @@ def fashion_mnist_arrays(split: str, num_images: int | None = None, root: str | 
     Each image goes through ``prepare_eval_image`` (decode -> bicubic resize of the shorter side
     to 32 -> centre crop -> [-1, 1]), the path the tokenizer's pipeline and its evaluation use.
     """
-    from flextok_jax.data.fashion_mnist import DEFAULT_ROOT, FashionMnistSource
-    from flextok_jax.data.transforms import prepare_eval_image
-
     source = FashionMnistSource(split, root=root or DEFAULT_ROOT)
     n = len(source) if num_images is None else min(int(num_images), len(source))
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)
@@ -192,30 +189,13 @@ def class_accuracy_by_k(
 
 
 def save_classifier(path: str | os.PathLike, params: dict) -> None:
-    """safetensors with '/'-joined keys (written to a temporary file, then renamed)."""
-    path = os.fspath(path)
-    flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
-    tmp = path + ".tmp"
-    save_file(flat, tmp, metadata={"format": FORMAT, "classes": json.dumps(CLASS_NAMES)})
-    os.replace(tmp, path)
+    """One safetensors parameter file (``params_io.write_param_file``) with the class names."""
+    write_param_file(path, params, {"format": FORMAT, "classes": json.dumps(CLASS_NAMES)})
 
 
 def load_classifier(path: str | os.PathLike) -> dict:
     """Parameters from a ``save_classifier`` file; checks every key and shape against the model."""
-    from flextok_jax.checkpoint_official import read_safetensors_metadata
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no classifier file at {path}")
-    meta = read_safetensors_metadata(path)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: metadata format is {meta.get('format')!r}, expected {FORMAT!r}")
-    flat = load_file(path)
+    params, _ = read_param_file(path, FORMAT)
     x = jax.ShapeDtypeStruct((1, IMAGE_SIZE, IMAGE_SIZE, 1), jnp.float32)
-    want = traverse_util.flatten_dict(nn.meta.unbox(jax.eval_shape(_MODEL.init, jax.random.key(0), x)["params"]), sep="/")
-    for key in sorted(set(want) | set(flat)):
-        got_shape = flat[key].shape if key in flat else None
-        want_shape = want[key].shape if key in want else None
-        if got_shape != want_shape:
-            raise ValueError(f"{path}: parameter {key!r} has shape {got_shape}, expected {want_shape}")
-    return traverse_util.unflatten_dict(flat, sep="/")
+    check_param_shapes(path, params, nn.meta.unbox(jax.eval_shape(_MODEL.init, jax.random.key(0), x)["params"]))
+    return params

@@ -361,21 +361,21 @@ class FlexTok:
 
 
 def check_image_values(images: Any) -> None:
-    """Reject non-finite values and values outside [-1, 1] (with a small slack). A jax.Array is
-    reduced shard by shard on its devices, and only this process's shards are read, so the
-    check works on global arrays that span several hosts."""
+    """Reject non-finite values and values outside [-1, 1] (with a small slack). Of a jax.Array
+    only this process's shards are read (copied to the host: the check must not run under
+    whatever mesh the caller has set), so it works on global arrays that span several hosts."""
     if isinstance(images, jax.Array):
-        chunks, xp = [s.data for s in images.addressable_shards], jnp
+        chunks = [np.asarray(s.data, np.float32) for s in images.addressable_shards]
     else:
-        chunks, xp = [np.asarray(images)], np
+        chunks = [np.asarray(images, np.float32)]
     chunks = [c for c in chunks if c.size]
     if not chunks:
         return
-    bad = sum(int(c.size - xp.count_nonzero(xp.isfinite(c))) for c in chunks)
+    bad = sum(int(c.size - np.count_nonzero(np.isfinite(c))) for c in chunks)
     if bad:
         raise ValueError(f"images contain {bad} non-finite values (NaN or inf); expected floats in [-1, 1]")
-    lo = min(float(xp.min(c)) for c in chunks)
-    hi = max(float(xp.max(c)) for c in chunks)
+    lo = min(float(c.min()) for c in chunks)
+    hi = max(float(c.max()) for c in chunks)
     if lo < -1 - _RANGE_SLACK or hi > 1 + _RANGE_SLACK:
         raise ValueError(f"image values must lie in [-1, 1], got [{lo:.3g}, {hi:.3g}]")
 
