@@ -188,6 +188,7 @@ def config_from_official(meta: Mapping[str, Any], vae_config: VAEConfig | None =
         vae=vae,
         vae_scaling_factor=float(_get(meta, "vae.scaling_factor", 1.0)),
         vae_shift_factor=float(_get(meta, "vae.shift_factor", 0.0) or 0.0),
+        vae_sample_posterior=sample_posterior,
         max_timestep=float(_get(dec, "dec_time_embedder.max_timestep", 1.0)),
         repa_layer=int(repa[0]) if repa else None,
         register_posemb_before_dropout=posemb_first,

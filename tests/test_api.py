@@ -4,6 +4,7 @@ import ast
 import re
 import struct
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,10 +97,14 @@ def test_detokenize_rejects_bad_arguments(tiny, kwargs, match):
 def test_tokenize_detokenize_shapes(tiny, images):
     model, params = tiny
     tokens = model.tokenize(params, images)
-    assert tokens.shape == (2, 16) and tokens.dtype == jnp.int32
+    chex.assert_shape(tokens, (2, 16))
+    chex.assert_type(tokens, jnp.int32)
     out = model.detokenize(params, tokens, keep_k=np.array([1, 16]), num_steps=2, rng=jax.random.key(1))
-    assert out.shape == images.shape and out.dtype == jnp.float32
-    assert np.isfinite(np.asarray(out)).all()
+    chex.assert_equal_shape([out, images])
+    chex.assert_type(out, jnp.float32)
+    chex.assert_tree_all_finite(out)
+    latents, codes = model.encode(params, images, num_tokens=4)
+    chex.assert_shape([latents, codes], [(2, 8, 8, 16), (2, 4, model.config.code_dim)])
 
 
 # ---------------------------------------------------------------- sharding
