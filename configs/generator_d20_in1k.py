@@ -1,13 +1,7 @@
 """FlexTok AR generator d20 (depth 20, width 1280, 20 heads; about 393M non-embedding parameters), class-conditional on ImageNet-1k token ids."""
 from flextok_jax.train import config as common
 
-__doc__ = common.launch_doc(
-    "generator_d20_in1k", __doc__,
-    data="a token dataset of imagenet2012 (--config.data.tokens=DIR, written by `flextok tokenize-dataset`).",
-    expect="next-token loss falling from ln(64000) = 11.1, loss per position band in metrics.jsonl,\n"
-           "checkpoints every checkpoint.every_steps; the EMA weights in WORKDIR/export/generator.safetensors.",
-    extra_flags=" \\\n        --config.data.tokens=/data/imagenet_tokens",
-)
+__doc__ = common.generator_launch_doc("generator_d20_in1k", __doc__)
 
 
 def get_config():

@@ -247,6 +247,17 @@ def released_recipe(encoder_depth: int, decoder_depth: int, total_steps: int = 2
     return c
 
 
+def generator_launch_doc(name: str, title: str) -> str:
+    """``launch_doc`` of a generator config trained on an ImageNet token dataset."""
+    return launch_doc(
+        name, title,
+        data="a token dataset of imagenet2012 (--config.data.tokens=DIR, written by `flextok tokenize-dataset`).",
+        expect="next-token loss falling from ln(64000) = 11.1, loss per position band in metrics.jsonl,\n"
+               "checkpoints every checkpoint.every_steps; the EMA weights in WORKDIR/export/generator.safetensors.",
+        extra_flags=" \\\n        --config.data.tokens=/data/imagenet_tokens",
+    )
+
+
 def generator_recipe(depth: int, total_steps: int = 300_000) -> ml_collections.ConfigDict:
     """The ImageNet-256 class-conditional AR recipe of the FlexTok AR family (depth L, width
     64 L, L heads; 256 tokens of the released 64,000-id FSQ; batch 256, lr 4e-4 as LlamaGen)."""
