@@ -1,16 +1,18 @@
-"""A pixel-space FlexTok small enough to train on a 2-core CPU in minutes.
+"""The main job: a tiny pixel-space FlexTok and a tiny AR generator on Fashion-MNIST, on 2 CPU cores.
 
 Launch:
 
     python -m flextok_jax.main --config configs/tiny_cpu.py --workdir /tmp/flextok_tiny
 
-Expect: 32x32 procedural pictures, ~0.3M parameters, about 15 steps/s on 2 CPU cores, so the
-3000 steps take about 3.5 minutes. The flow loss starts near 1.1 and falls to about 0.1; a
-reconstruction grid (originals, then k = 1, 2, 4, 8, 16 tokens) lands in WORKDIR/grids every
-log.grid_every_steps. At the end, 8 held-out pictures are reconstructed from their first k tokens
-(WORKDIR/reconstructions.png, WORKDIR/loss_curve.png) and the error per k is printed; measured
-(3.0 min in all): MSE 0.179 (k=1), 0.154 (2), 0.110 (4), 0.101 (8), 0.095 (16).
-Rerunning the command resumes from WORKDIR/checkpoints.
+Expect: the tokenizer (32 px, width 64, depth 2+2, 16 registers, FSQ 1000 ids, ~0.3M parameters)
+trains 2000 steps at batch 32 (flow loss 1.4 -> 0.19), 8 held-out test images are reconstructed
+from k = 1, 2, 4, 8, 16 tokens (WORKDIR/reconstructions.png, loss_curve.png; MSE 0.279 at k=1 to
+0.261 at k=16), the 60,000 training images are tokenized (WORKDIR/tokens), the generator (depth
+4, width 128) trains 800 steps at batch 64 (loss 6.9 -> 1.26), and WORKDIR/samples.png shows one
+sample per class at each k. A classifier trained in the run (91.1% on test images) scores
+reconstructions 25.9% (k=1) .. 30.6% (k=16) and samples 34% .. 41% (WORKDIR/stage2.json).
+Measured: 34.6 min wall on a shared 2-core machine (1,333 CPU-seconds). Rerunning the command
+resumes every stage.
 """
 from flextok_jax.train import config as common
 
