@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from flextok_jax import generator
 from flextok_jax.data import get_source
@@ -59,23 +60,27 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     workdir = os.path.abspath(os.fspath(workdir))
     out: dict[str, Any] = {"tokenizer": train(config, workdir)}
     finished = out["tokenizer"]["step"] >= config.train.total_steps and not out["tokenizer"]["preempted"]
-    if not finished or jax.process_index() != 0:
+    if not finished:
         return out
-    if config.eval.enabled:
+    main_process = jax.process_index() == 0
+    if config.eval.enabled and main_process:
         out["mse_per_k"] = evaluate_run(config, workdir)
     s2 = config.stage2
     if not s2.enabled:
         return out
 
+    # Every process tokenizes its own shards and trains; process 0 samples and scores.
     tokenizer, tparams = load_model(os.path.join(workdir, "export", EXPORT_FILE))
     print(f"stage 2: tokenizing the training set into {workdir}/tokens")
     tokenize_dataset(tokenizer, tparams, get_source(config.data), os.path.join(workdir, "tokens"),
                      image_size=int(config.data.image_size), batch_size=int(s2.tokenize_batch_size),
                      augment=tuple(s2.augment), progress=bool(config.log.progress))
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("flextok_pipeline_tokens_written")
     gconfig = generator_run_config(config, workdir)
     print(f"stage 2: training the generator in {workdir}/generator")
     out["generator"] = train(gconfig, os.path.join(workdir, "generator"))
-    if out["generator"]["step"] < gconfig.train.total_steps:
+    if out["generator"]["step"] < gconfig.train.total_steps or not main_process:
         return out
     gen, gparams = generator.load_generator(os.path.join(workdir, "generator", "export", GENERATOR_FILE))
 

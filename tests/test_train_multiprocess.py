@@ -27,6 +27,7 @@ def _launch(workdir, *overrides: str) -> list[str]:
     args = ["bash", str(REPO / "launch" / "local_multiprocess.sh"), "2", "configs/tiny_cpu.py", str(workdir),
             "--config.train.total_steps=5", "--config.optimizer.warmup_steps=2", "--config.log.every_steps=1",
             "--config.log.grid_every_steps=0", "--config.log.progress=False", "--config.eval.enabled=False",
+            "--config.stage2.enabled=False", "--config.data.source=procedural",
             "--config.checkpoint.every_steps=3", "--config.mesh.shape=(2,2,1)", *overrides]
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     logs = [(workdir / f"process_{i}.log").read_text() for i in range(2)]
