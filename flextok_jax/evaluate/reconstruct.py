@@ -13,10 +13,10 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from matplotlib.figure import Figure
 
 from flextok_jax import parallel
 from flextok_jax.data import get_source
@@ -78,9 +78,6 @@ def save_reconstructions(path: str | os.PathLike, images: np.ndarray, recon: np.
 
 def save_loss_curve(metrics_jsonl: str | os.PathLike, path: str | os.PathLike, key: str = "loss") -> int:
     """Plot ``key`` against step from a metrics JSON-lines file; returns the number of points."""
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # after choosing the headless backend
-
     steps, values = [], []
     with open(metrics_jsonl) as f:
         for line in f:
@@ -88,7 +85,9 @@ def save_loss_curve(metrics_jsonl: str | os.PathLike, path: str | os.PathLike, k
             if key in row and "step" in row:
                 steps.append(row["step"])
                 values.append(row[key])
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    # A bare Figure (no pyplot): no global backend switch, so notebooks keep showing plots.
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    ax = fig.subplots()
     ax.plot(steps, values)
     ax.set_xlabel("step")
     ax.set_ylabel(key)
@@ -96,7 +95,6 @@ def save_loss_curve(metrics_jsonl: str | os.PathLike, path: str | os.PathLike, k
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.fspath(path))
-    plt.close(fig)
     return len(steps)
 
 
