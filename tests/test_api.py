@@ -55,8 +55,8 @@ def test_tokenize_rejects_non_finite_images(tiny):
 
 
 def test_image_checks_read_only_local_shards(tiny):
-    """On a global array the checks read the addressable shards (what each host holds), here
-    all 8 of a batch-sharded array, and find a bad value in any of them."""
+    """A batch-sharded array is checked where it lives (on its 8 devices), and a bad value in
+    any shard is found."""
     model, params = tiny
     mesh = parallel.make_mesh((8, 1, 1))
     images = np.zeros((8, 64, 64, 3), np.float32)
