@@ -54,20 +54,36 @@ def fixture_vae_config(io) -> VAEConfig:
     )
 
 
+# The small run every checkpoint test compares against: tiny_cpu with logging every step, no grids
+# or progress bar, sync checkpoints. One table, so the in-process runs and the command-line run
+# (the SIGTERM test) cannot drift apart.
+SMALL_OVERRIDES = {
+    "train.total_steps": 12,
+    "train.global_batch_size": 16,
+    "optimizer.warmup_steps": 2,
+    "log.every_steps": 1,
+    "log.grid_every_steps": 0,
+    "log.progress": False,
+    "checkpoint.every_steps": 3,
+    "checkpoint.keep": 10,
+}
+
+
 def small_config(**train_overrides) -> ml_collections.ConfigDict:
-    """tiny_cpu with logging every step, no grids or progress bar, sync checkpoints."""
+    """tiny_cpu with SMALL_OVERRIDES; keyword arguments override fields of `config.train`."""
     c = tiny_cpu.get_config()
-    c.train.total_steps = 12
-    c.train.global_batch_size = 16
-    c.optimizer.warmup_steps = 2
-    c.log.every_steps = 1
-    c.log.grid_every_steps = 0
-    c.log.progress = False
-    c.checkpoint.every_steps = 3
-    c.checkpoint.keep = 10
+    for dotted, value in SMALL_OVERRIDES.items():
+        section, field = dotted.split(".")
+        c[section][field] = value
     for k, v in train_overrides.items():
         c.train[k] = v
     return c
+
+
+def small_config_flags(**overrides) -> list[str]:
+    """SMALL_OVERRIDES (updated by `overrides`, dotted keys) as `--config.a.b=v` command-line flags."""
+    table = {**SMALL_OVERRIDES, **overrides}
+    return [f"--config.{k}={v}" for k, v in table.items()]
 
 
 def losses(workdir: str | os.PathLike) -> dict[int, float]:

@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, losses, small_config
+from helpers import REPO, losses, small_config, small_config_flags
 
 from flextok_jax import load_model
 from flextok_jax.checkpoint_official import load_official_checkpoint
@@ -70,17 +70,13 @@ def test_resume_onto_another_mesh(tmp_path, reference):
 
 def test_sigterm_saves_and_resumes(tmp_path, reference):
     args = [sys.executable, "-m", "flextok_jax.main", "--config", "configs/tiny_cpu.py", "--workdir", str(tmp_path),
-            "--config.train.total_steps=12", "--config.optimizer.warmup_steps=2", "--config.log.every_steps=1",
-            "--config.log.grid_every_steps=0", "--config.log.progress=False", "--config.checkpoint.every_steps=100",
-            "--config.checkpoint.keep=10",
-            # Slow the run down so the signal lands mid-run: one step takes >= 0.3 s of data loading.
-            "--config.data.num_images=2048"]
+            *small_config_flags(**{"checkpoint.every_steps": 100})]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        time.sleep(0.05)
+        time.sleep(0.002)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
