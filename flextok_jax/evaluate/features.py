@@ -63,7 +63,7 @@ class FeatureNetwork:
                 "num_classes": self.num_classes, "weights": None if self.weights is None else os.path.abspath(self.weights)}
 
     def _program(self, mesh: Mesh | None) -> tuple[Callable[..., Any], Any]:
-        key = None if mesh is None else (mesh.devices.tobytes(), mesh.axis_names, mesh.devices.shape)
+        key = mesh  # Mesh is hashable; None: the default device
         if key not in self._programs:
             if mesh is None:
                 self._programs[key] = (jax.jit(self._fn), jax.tree_util.tree_map(jnp.asarray, self._params))
