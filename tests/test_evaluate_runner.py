@@ -191,3 +191,14 @@ def test_few_samples_warn_and_missing_weights_name_the_path(clf_file, tmp_path, 
             "--weights", str(missing.with_name("dino.safetensors"))]
     assert commands.main(argv) == 2
     assert str(missing.with_name("dino.safetensors")) in capsys.readouterr().err
+
+
+def test_fid_by_k_in_memory_as_the_main_job_uses_it(clf_file, source):
+    network = fmnist_network(clf_file)
+    x = runner.load_source_images(source, 0, 160, 32)
+    noisy = np.clip(x + 0.5 * np.random.default_rng(0).standard_normal(x.shape).astype(np.float32), -1, 1)
+    rows = runner.fid_by_k(network, x, np.stack([x, noisy]), [1, 2], batch_size=32, mesh=runner.default_mesh())
+    assert [r["k"] for r in rows] == [1, 2]
+    assert abs(rows[0]["fid"]) < 1e-6 and rows[1]["fid"] > 0.1  # identical images: 0; noisy ones: not (0.62)
+    with pytest.raises(ValueError, match="K=3"):
+        runner.fid_by_k(network, x, np.stack([x, x]), [1, 2, 4])
