@@ -369,13 +369,14 @@ def run_gfid(
     print_table: bool = True,
     describe: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Generation FID per (k, CFG scale): ``num_samples`` samples (labels i % num_classes, the
+    """Generation FID per (k, CFG scale; ks default 1, 2, 4, ..., max_tokens): ``num_samples`` samples (labels i % num_classes, the
     first k generated ids decoded with ``num_steps`` / ``guidance_scale``) against ``reference``
     (e.g. ``load_reference_stats`` of an ADM npz; it must come from the same network) or the
     features of the first ``num_reference`` (default ``num_samples``) images of ``reference_source``.
     Every (k, scale) uses the same labels and random keys. Returns the results.json payload.
     """
     from flextok_jax.generator.images import generate_images
+    from flextok_jax.model.flextok import token_budgets
 
     if (reference is None) == (reference_source is None):
         raise ValueError("run_gfid needs exactly one of reference (statistics) and reference_source (images)")
@@ -386,7 +387,7 @@ def run_gfid(
     mesh = default_mesh() if mesh is None else mesh
     _check_batch(batch_size, mesh)
     max_k = int(gen.config.max_tokens)
-    ks = [int(k) for k in (ks or [k for k in (1 << i for i in range(max_k.bit_length())) if k <= max_k])]
+    ks = [int(k) for k in (ks or token_budgets(max_k))]
     scales = [float(s) for s in cfg_scales]
     pairs = [(k, s) for k in ks for s in scales]
     names = [set_name(k, s) for k, s in pairs]
