@@ -225,6 +225,7 @@ def compute_shards(store: FeatureStore, network: FeatureNetwork, sets: Sequence[
                     if lg is not None:
                         logits[n].append(lg)
                     bar.update(rows)
+            bar.update(shard_sizes[s] * len(missing) - sum(len(f) for n in missing for f in feats[n]))  # skipped
             for n in missing:
                 f = np.concatenate(feats[n]) if feats[n] else np.zeros((0, network.dim), np.float32)
                 lg = (np.concatenate(logits[n]) if logits[n] else np.zeros((0, network.num_classes), np.float32)) \
