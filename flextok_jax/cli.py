@@ -3,6 +3,7 @@
     python -m flextok_jax.cli tokenize   --checkpoint CKPT --images DIR --out tokens.npz
     python -m flextok_jax.cli detokenize --checkpoint CKPT --tokens tokens.npz --out_dir DIR --keep_k 1 16 256
     python -m flextok_jax.cli tokenize-dataset --checkpoint CKPT --source fashion_mnist --image_size 32 --out DIR
+    python -m flextok_jax.cli evaluate rfid|gfid ...   (the FID runner: see flextok_jax.evaluate.commands)
 
 CKPT is an official FlexTok ``.safetensors`` or its Hugging Face hub id (e.g.
 EPFL-VILAB/flextok_d18_d28_dfn; needs ``flextok_jax[hub]``, works offline from the cache;
@@ -218,6 +219,14 @@ def add_tokenize_dataset_parser(sub: Any) -> None:
     p.set_defaults(run=tokenize_dataset_command)
 
 
+def add_evaluate_parser(sub: Any) -> None:
+    """Registers ``evaluate rfid|gfid`` (the FID runner, ``flextok_jax.evaluate.commands``)."""
+    from flextok_jax.evaluate import commands
+
+    p = sub.add_parser("evaluate", help="rFID / gFID per token count k (also: python -m flextok_jax.evaluate)")
+    commands.add_parsers(p.add_subparsers(dest="evaluate_command", required=True))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flextok_jax.cli", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -241,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--guidance", choices=("cfg", "apg"), default="cfg")
     d.add_argument("--seed", type=int, default=0)
     add_tokenize_dataset_parser(sub)
+    add_evaluate_parser(sub)
     args = parser.parse_args(argv)
     # Our messages at INFO; everyone else's (e.g. jax's note about a missing TPU backend) at
     # WARNING and above only.

@@ -37,6 +37,10 @@ def test_main_job_short_run_end_to_end(tmp_path):
     for name in ("reconstruction_accuracy", "sample_accuracy"):
         assert sorted(int(k) for k in scores[name]) == [1, 2, 4, 8, 16]
         assert all(0 <= v <= 1 for v in scores[name].values())
+    # FID-FMNIST (the classifier's features; a proxy, not Inception FID) of the 200 reconstructions.
+    fid = {int(k): v for k, v in scores["reconstruction_fid_fmnist"].items()}
+    assert sorted(fid) == [1, 2, 4, 8, 16] and all(np.isfinite(v) and v >= 0 for v in fid.values()), fid
+    assert "FID-FMNIST" in proc.stdout and "not comparable to Inception FID" in proc.stdout
     # 300 steps at lr 4e-3 on all 60,000 images: the judge itself is well above chance.
     assert scores["classifier_test_accuracy"] > 0.6
     # The generator learned from the token dataset: its loss fell from ln(1000) = 6.9.

@@ -1,5 +1,7 @@
 """Evaluation: reconstructions per token count, image grids, and the feature networks and
-metrics of the field (Inception-v3 FID / IS / precision-recall, DINOv2 and FD-DINOv2)."""
+metrics of the field (Inception-v3 FID / IS / precision-recall, DINOv2 and FD-DINOv2), and the
+resumable rFID / gFID runner over them (``run_rfid``, ``run_gfid``; command line:
+``python -m flextok_jax.evaluate rfid|gfid``)."""
 from flextok_jax.evaluate.dinov2 import (
     DinoV2,
     DinoV2Config,
@@ -7,6 +9,15 @@ from flextok_jax.evaluate.dinov2 import (
     load_dinov2,
     make_repa_teacher,
     patch_features,
+)
+from flextok_jax.evaluate.feature_store import CorruptShardWarning, FeatureStore
+from flextok_jax.evaluate.features import (
+    NETWORKS,
+    FeatureNetwork,
+    dinov2_network,
+    fmnist_network,
+    get_network,
+    inception_network,
 )
 from flextok_jax.evaluate.fid import (
     FeatureStats,
@@ -29,22 +40,47 @@ from flextok_jax.evaluate.reconstruct import (
     save_reconstructions,
 )
 from flextok_jax.evaluate.reference_batch import load_reference_batch, load_reference_stats, save_reference_batch
+from flextok_jax.evaluate.report import format_table as format_fid_table
+from flextok_jax.evaluate.report import plot_fid_vs_k, write_results
+from flextok_jax.evaluate.runner import (
+    FewSamplesWarning,
+    SetSummary,
+    features_of_images,
+    fid_by_k,
+    run_gfid,
+    run_rfid,
+    score,
+    summarize,
+)
 from flextok_jax.model.flextok import token_budgets
 
 __all__ = [
+    "CorruptShardWarning",
     "DinoV2",
     "DinoV2Config",
+    "FeatureNetwork",
     "FeatureStats",
+    "FeatureStore",
+    "FewSamplesWarning",
     "InceptionV3FID",
+    "NETWORKS",
+    "SetSummary",
     "StatsAccumulator",
     "cls_features",
     "convert_pytorch_fid_checkpoint",
+    "dinov2_network",
     "evaluate_run",
     "feature_statistics",
+    "features_of_images",
+    "fid_by_k",
+    "fmnist_network",
     "format_error_table",
+    "format_fid_table",
     "frechet_distance",
+    "get_network",
     "grid_image",
     "held_out_images",
+    "inception_network",
     "inception_score",
     "load_dinov2",
     "load_inception",
@@ -52,14 +88,20 @@ __all__ = [
     "load_reference_stats",
     "make_repa_teacher",
     "patch_features",
+    "plot_fid_vs_k",
     "precision_recall",
     "reconstruct_by_k",
     "reconstruction_errors",
+    "run_gfid",
+    "run_rfid",
     "save_labelled_grid",
     "save_loss_curve",
     "save_png",
     "save_reconstructions",
     "save_reference_batch",
+    "score",
     "stats_distance",
+    "summarize",
     "token_budgets",
+    "write_results",
 ]

@@ -62,6 +62,8 @@ class FashionMnistCNN(nn.Module):
             x = nn.relu(x)
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(dense(self.hidden, ("flat_features", "mlp"), name="hidden", use_bias=True)(x))
+        # The penultimate features (FID-FMNIST's embedding), read by ``features_and_logits``.
+        self.sow("intermediates", "features", x)
         return dense(len(CLASS_NAMES), ("mlp", "classes"), name="logits", use_bias=True)(x)
 
 
@@ -106,6 +108,16 @@ def fashion_mnist_arrays(split: str, num_images: int | None = None, root: str | 
 @jax.jit
 def _logits(params: dict, images: jax.Array) -> jax.Array:
     return _MODEL.apply({"params": params}, images)
+
+
+FEATURE_DIM = _MODEL.hidden
+
+
+def features_and_logits(params: dict, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Traceable: images [B, 32, 32, 1|3] in [-1, 1] -> (penultimate features float32 [B, 128]
+    (after the hidden layer's ReLU), logits [B, 10]). The features are FID-FMNIST's embedding."""
+    logits, state = _MODEL.apply({"params": params}, images, mutable=["intermediates"])
+    return state["intermediates"]["features"][0], logits
 
 
 def train_classifier(
