@@ -41,6 +41,8 @@ def get_config():
     c.log.every_steps = 10
     c.log.grid_every_steps = 1_000
     c.log.grid_sample_steps = 10
+    # Decoder guidance for the pictures and scores (the tokenizer trains with guidance dropout 0.1).
+    c.eval.guidance_scale = 3.0
 
     # Stage 2: a class-conditional generator over the tokenizer's 16 ids per image.
     g = common.generator_base_config(common.generator_model(

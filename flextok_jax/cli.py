@@ -39,6 +39,7 @@ from flextok_jax.data.skips import is_skipped
 from flextok_jax.data.token_dataset import DEFAULT_RECORDS_PER_SHARD, tokenize_dataset
 from flextok_jax.data.token_views import AUGMENTATIONS
 from flextok_jax.data.transforms import prepare_eval_image
+from flextok_jax.evaluate import commands as evaluate_commands
 from flextok_jax.hub import resolve_checkpoint
 from flextok_jax.parallel import initialize_distributed, make_mesh
 from flextok_jax.params_io import FORMAT, load_model
@@ -221,10 +222,8 @@ def add_tokenize_dataset_parser(sub: Any) -> None:
 
 def add_evaluate_parser(sub: Any) -> None:
     """Registers ``evaluate rfid|gfid`` (the FID runner, ``flextok_jax.evaluate.commands``)."""
-    from flextok_jax.evaluate import commands
-
     p = sub.add_parser("evaluate", help="rFID / gFID per token count k (also: python -m flextok_jax.evaluate)")
-    commands.add_parsers(p.add_subparsers(dest="evaluate_command", required=True))
+    evaluate_commands.add_parsers(p.add_subparsers(dest="evaluate_command", required=True))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

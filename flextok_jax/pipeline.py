@@ -44,17 +44,20 @@ def generator_run_config(config: ml_collections.ConfigDict, workdir: str) -> ml_
 
 
 def class_samples(gen: generator.Generator, gparams: Any, tokenizer: Any, tparams: Any, ks: list[int],
-                  per_class: int, s2: ml_collections.ConfigDict, seed: int = 0) -> np.ndarray:
+                  per_class: int, s2: ml_collections.ConfigDict, seed: int = 0,
+                  guidance_scale: float = 1.0) -> np.ndarray:
     """Generated images [len(ks), C * per_class, H, W, 3]: for each k, ``per_class`` samples of
     every class (class-major), each decoded from its first k generated tokens. The tokens for all
-    k come from one generation of max(ks) tokens per image, so column k is a prefix of column 2k."""
+    k come from one generation of max(ks) tokens per image, so column k is a prefix of column 2k;
+    ``guidance_scale`` is the tokenizer decoder's (``s2.cfg_scale`` the generator's)."""
     c = gen.config.num_classes
     labels = np.repeat(np.arange(c, dtype=np.int32), per_class)
     tokens = np.asarray(gen.generate(gparams, labels, num_tokens=max(ks), cfg_scale=float(s2.cfg_scale),
                                      temperature=float(s2.temperature), top_k=int(s2.top_k), top_p=float(s2.top_p),
                                      rng=jax.random.key(seed)))
     noise = jax.random.normal(jax.random.key(seed + 1), (len(labels),) + tokenizer.latent_shape)
-    out = [tokenizer.detokenize(tparams, tokens, keep_k=k, num_steps=int(s2.decode_steps), noise=noise) for k in ks]
+    out = [tokenizer.detokenize(tparams, tokens, keep_k=k, num_steps=int(s2.decode_steps), noise=noise,
+                                guidance_scale=guidance_scale) for k in ks]
     return np.stack([np.asarray(x) for x in out])
 
 
@@ -89,7 +92,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     gen, gparams = generator.load_generator(os.path.join(workdir, "generator", "export", GENERATOR_FILE))
 
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= gen.config.max_tokens]
-    samples = class_samples(gen, gparams, tokenizer, tparams, ks, int(s2.samples_per_class), s2)
+    samples = class_samples(gen, gparams, tokenizer, tparams, ks, int(s2.samples_per_class), s2,
+                            guidance_scale=float(config.eval.guidance_scale))
     names = classifier_lib.CLASS_NAMES if config.data.source == "fashion_mnist" else None
     shown = samples.reshape(len(ks), gen.config.num_classes, int(s2.samples_per_class), *samples.shape[2:])[:, :, 0]
     save_labelled_grid(os.path.join(workdir, "samples.png"), shown, [f"k={k}" for k in ks],
@@ -116,7 +120,8 @@ def fashion_mnist_report(config: ml_collections.ConfigDict, workdir: str, tokeni
     classifier_lib.save_classifier(os.path.join(workdir, "classifier.safetensors"), clf)
     x_test, y_test = classifier_lib.fashion_mnist_arrays("test", int(s2.eval_images))
     test_acc = classifier_lib.accuracy(clf, x_test, y_test)
-    recon = reconstruct_by_k(tokenizer, tparams, x_test, ks, num_steps=int(s2.decode_steps))
+    recon = reconstruct_by_k(tokenizer, tparams, x_test, ks, num_steps=int(s2.decode_steps),
+                             guidance_scale=float(config.eval.guidance_scale))
     recon_acc = classifier_lib.class_accuracy_by_k(clf, recon, y_test, ks)
     asked = np.repeat(np.arange(num_classes), per_class)
     sample_acc = classifier_lib.class_accuracy_by_k(clf, samples, asked, ks)

@@ -139,7 +139,8 @@ def evaluate_run(config: Any, workdir: str | os.PathLike, print_table: bool = Tr
     model, params = load_model(os.path.join(workdir, "export", EXPORT_FILE))
     images = held_out_images(config.data, model.config.image_size[0], int(config.eval.num_images))
     ks = token_budgets(model.config.n_registers)
-    recon = reconstruct_by_k(model, params, images, ks, num_steps=int(config.eval.num_steps))
+    recon = reconstruct_by_k(model, params, images, ks, num_steps=int(config.eval.num_steps),
+                             guidance_scale=float(config.eval.guidance_scale))
     errors = reconstruction_errors(images, recon, ks)
     save_reconstructions(os.path.join(workdir, "reconstructions.png"), images, recon, ks)
     metrics = os.path.join(workdir, "metrics.jsonl")
@@ -148,6 +149,7 @@ def evaluate_run(config: Any, workdir: str | os.PathLike, print_table: bool = Tr
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump({"mse_per_k": {str(k): v for k, v in errors.items()}}, f, indent=1)
     if print_table:
-        print(f"reconstruction error of {len(images)} held-out images ({int(config.eval.num_steps)} Euler steps):")
+        print(f"reconstruction error of {len(images)} held-out images ({int(config.eval.num_steps)} Euler steps, "
+              f"guidance {float(config.eval.guidance_scale):g}):")
         print(format_error_table(errors))
     return errors

@@ -145,7 +145,9 @@ def base_config() -> ml_collections.ConfigDict:
     )
     # After a run reaches total_steps, main tokenizes held-out images and reconstructs them from
     # k = 1, 2, 4, ... tokens (reconstructions.png, loss_curve.png, error per k).
-    c.eval = ml_collections.ConfigDict({"enabled": True, "num_images": 8, "num_steps": 25})
+    # guidance_scale: the decoder's CFG scale for every decode of the main job (reconstructions,
+    # their scores, generated samples); 1 is no guidance.
+    c.eval = ml_collections.ConfigDict({"enabled": True, "num_images": 8, "num_steps": 25, "guidance_scale": 1.0})
     c.stage2 = stage2_defaults()
     return c
 
