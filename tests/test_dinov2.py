@@ -6,25 +6,26 @@ itself differs from float64 by 4.5e-6 there). Register tokens are not in the fix
 checked against an independent float64 numpy forward.
 """
 import math
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import small_config
 from safetensors.numpy import load_file, save_file
 
 from flextok_jax.evaluate.dinov2 import (
     cls_features,
     interpolate_pos_embed,
     load_dinov2,
-    make_repa_teacher,
     patch_features,
     preprocess,
 )
 from flextok_jax.evaluate.fid import StatsAccumulator, feature_statistics, stats_distance
 from flextok_jax.evaluate.resize import resize_matrix
 from flextok_jax.evaluate.torch_weights import WeightsError
-from flextok_jax.train import repa
+from flextok_jax.train import TrainSetup, repa
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +84,11 @@ def test_pos_embed_interpolation_uses_scale_factor(model_params, ref):
     np.testing.assert_array_equal(np.asarray(interpolate_pos_embed(pos, (16, 16), 0.1)), params["pos_embed"])
 
 
-def test_repa_teacher_and_fd_dinov2(weights, ref, monkeypatch):
-    monkeypatch.setitem(repa.TEACHERS, "dinov2", make_repa_teacher(weights))
-    teacher, dim = repa.get_teacher("dinov2", None)
-    assert dim == 64
+def test_repa_teacher_and_fd_dinov2(weights, ref):
+    teacher = repa.get_teacher("dinov2", None, str(weights))
+    assert teacher.dim == 64
     images = _our_range(ref["images_256_uint8"])
-    feats = np.asarray(jax.jit(teacher)(images))
+    feats = np.asarray(jax.jit(teacher.features)(teacher.weights(), images))
     np.testing.assert_allclose(feats, ref["x_norm_patchtokens_224"], rtol=0, atol=1e-4)
     model, params = load_dinov2(weights)
     cls = np.asarray(jax.jit(lambda x: cls_features(model, params, x))(images))
@@ -196,3 +196,45 @@ def test_loader_errors(weights, tmp_path):
     save_file(swiglu, str(tmp_path / "d.safetensors"), metadata=meta)
     with pytest.raises(WeightsError, match="SwiGLU"):
         load_dinov2(tmp_path / "d.safetensors")
+
+
+def _constants_shaped_like(hlo: str, leaves: list[np.ndarray]) -> list[str]:
+    """Constants of the lowered program with the shape of one of ``leaves`` (weights baked in).
+    Leaves under 1024 elements are skipped: small tables (norm scales, biases) can collide with
+    legitimate constants."""
+    shapes = {"x".join(map(str, leaf.shape)) for leaf in leaves if leaf.size >= 1024}
+    found = []
+    for line in hlo.splitlines():
+        if "constant" in line:
+            found += [t for t in re.findall(r"tensor<((?:\d+x)+)f32>", line) if t[:-1] in shapes]
+    return found
+
+
+def test_repa_training_with_the_dinov2_teacher(weights, model_params):
+    """The tiny tokenizer trains with the DINOv2 teacher; its weights are frozen, sharded state
+    (equal to the file, unchanged by steps), not constants of the compiled step."""
+    config = small_config(repa_teacher="dinov2", repa_teacher_weights=str(weights), repa_weight=0.5)
+    config.train.global_batch_size = 8
+    config.mesh.shape = (2, 2, 2)
+    setup = TrainSetup.from_config(config)
+    host = {"image": np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)}
+    _, file_params = model_params
+
+    state = setup.init_state()
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), state.frozen["repa_teacher"], file_params)
+    hlo = setup.step.lower(state, setup.global_batch(host)).as_text()
+    teacher_leaves = jax.tree.leaves(file_params)
+    assert "x".join(map(str, teacher_leaves[0].shape)) in hlo  # the search can find them ...
+    assert not _constants_shaped_like(hlo, teacher_leaves)      # ... but none is a constant
+    before = jax.tree.map(np.asarray, state.frozen["repa_teacher"])
+    state, metrics = setup.run_step(state, host)
+    assert np.isfinite(float(metrics["loss"])) and -1.0 <= float(metrics["loss_repa"]) <= 1.0
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), state.frozen["repa_teacher"], before)
+
+    # The step reads the teacher from the state: other weights give another REPA loss.
+    fresh = setup.init_state()
+    _, want = setup.run_step(fresh, host)
+    fresh = setup.init_state()
+    fresh = fresh.replace(frozen={**fresh.frozen, "repa_teacher": jax.tree.map(lambda w: w * 0.5, fresh.frozen["repa_teacher"])})
+    _, got = setup.run_step(fresh, host)
+    assert abs(float(got["loss_repa"]) - float(want["loss_repa"])) > 1e-4, (got["loss_repa"], want["loss_repa"])

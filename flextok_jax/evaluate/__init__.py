@@ -7,7 +7,7 @@ from flextok_jax.evaluate.dinov2 import (
     DinoV2Config,
     cls_features,
     load_dinov2,
-    make_repa_teacher,
+    dinov2_init_boxed,
     patch_features,
 )
 from flextok_jax.evaluate.feature_store import CorruptShardWarning, FeatureStore
@@ -67,6 +67,7 @@ __all__ = [
     "SetSummary",
     "StatsAccumulator",
     "cls_features",
+    "dinov2_init_boxed",
     "convert_pytorch_fid_checkpoint",
     "dinov2_network",
     "evaluate_run",
@@ -86,7 +87,6 @@ __all__ = [
     "load_inception",
     "load_reference_batch",
     "load_reference_stats",
-    "make_repa_teacher",
     "patch_features",
     "plot_fid_vs_k",
     "precision_recall",

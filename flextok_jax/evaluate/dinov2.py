@@ -18,7 +18,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -241,6 +241,13 @@ def config_from_weights(tensors: dict[str, np.ndarray], metadata: dict[str, str]
     )
 
 
+def dinov2_init_boxed(model: DinoV2, rng: jax.Array) -> Any:
+    """Boxed (logically partitioned) random params of ``model``: the shapes and axes a train
+    state needs to hold DINOv2 weights as sharded frozen parameters."""
+    size = model.config.pos_grid * model.config.patch_size
+    return model.init(rng, jnp.zeros((1, size, size, 3)))["params"]
+
+
 def load_dinov2(path: str | os.PathLike, num_heads: int | None = None, precision: str | None = "highest") -> tuple[DinoV2, dict]:
     """(model, params) from a DINOv2 safetensors file in the official torch key names.
 
@@ -251,15 +258,12 @@ def load_dinov2(path: str | os.PathLike, num_heads: int | None = None, precision
     tensors = read_safetensors(path)
     config = config_from_weights(tensors, read_safetensors_metadata(path), num_heads, path)
     model = DinoV2(config, precision)
-    size = config.pos_grid * config.patch_size
-    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"]
+    abstract = jax.eval_shape(lambda rng: dinov2_init_boxed(model, rng), jax.random.key(0))
     params = params_from_torch(tensors, abstract, _torch_key, path, ignored=("mask_token",))
     return model, params
 
 
 # --- uses ------------------------------------------------------------------------------------
-
-Teacher = Callable[[jax.Array], jax.Array]
 
 
 def patch_features(model: DinoV2, params: Any, images: jax.Array) -> jax.Array:
@@ -276,23 +280,3 @@ def cls_features(model: DinoV2, params: Any, images: jax.Array) -> jax.Array:
     x = preprocess(images, BASE_RESOLUTION)
     return model.apply({"params": params}, x)["x_norm_clstoken"]
 
-
-def make_repa_teacher(weights_path: str | os.PathLike, num_heads: int | None = None) -> Callable[[Any], tuple[Teacher, int]]:
-    """A ``train.repa.register_teacher`` factory: factory(model_config) -> (teacher, D).
-
-    The weights are read when the factory is called; ``teacher(images [B, H, W, 3] in [-1, 1])``
-    returns the patch tokens [B, Np, D] (no gradient flows into the teacher's weights). The
-    params are closed over, so a jitted train step embeds them as constants.
-    """
-
-    def factory(model_config: Any) -> tuple[Teacher, int]:
-        del model_config  # the teacher does not depend on the tokenizer's sizes
-        model, params = load_dinov2(weights_path, num_heads)
-        params = jax.tree_util.tree_map(jnp.asarray, params)
-
-        def teacher(images: jax.Array) -> jax.Array:
-            return patch_features(model, params, images)
-
-        return teacher, model.config.embed_dim
-
-    return factory

@@ -1,49 +1,79 @@
 """REPA: align decoder patch features with a frozen teacher's patch features.
 
-A teacher is any callable ``images [B, H, W, 3] in [-1, 1] -> features [B, Np, Dt]`` whose Np
-patches form a square grid; it is never differentiated. Teachers are looked up by name in
-``TEACHERS`` (``register_teacher`` adds one, e.g. a DINOv2 port). The projector that maps the
-decoder's hidden states to the teacher's width is a learned MLP trained with the model.
+A teacher (``RepaTeacher``) is ``features(weights, images [B, H, W, 3] in [-1, 1]) -> [B, Np, Dt]``
+whose Np patches form a square grid, never differentiated. Its weights are frozen parameters of
+the train state (``frozen['repa_teacher']``), sharded by their logical axis names like any other
+parameter and checkpointed with it; they are never constants of the jitted step (a DINOv2-L
+closed over would be 1.2 GB of replicated constants in every compiled program). Teachers are
+looked up by name in ``TEACHERS``: ``pixel_patches`` (weight-free, for tests and smoke runs),
+``dinov2`` (``train.repa_teacher_weights``), or any ``register_teacher``. The projector that maps
+the decoder's hidden states to the teacher's width is a learned MLP trained with the model.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flextok_jax.evaluate.dinov2 import dinov2_init_boxed, load_dinov2, patch_features
 from flextok_jax.model.config import FlexTokConfig
 from flextok_jax.model.layers import dense, patchify
 
-Teacher = Callable[[jax.Array], jax.Array]
-# name -> factory(model config) -> (teacher, feature dim)
-TEACHERS: dict[str, Callable[[FlexTokConfig], tuple[Teacher, int]]] = {}
+
+@dataclasses.dataclass(frozen=True)
+class RepaTeacher:
+    """``features(weights, images) -> [B, Np, dim]``; ``init_boxed(rng)`` gives boxed weights of
+    the right shapes and logical axes, ``weights()`` the host arrays that replace them (both
+    None for a weight-free teacher, whose ``features`` gets ``weights=None``)."""
+
+    features: Callable[[Any, jax.Array], jax.Array]
+    dim: int
+    init_boxed: Callable[[jax.Array], Any] | None = None
+    weights: Callable[[], Any] | None = None
 
 
-def register_teacher(name: str, factory: Callable[[FlexTokConfig], tuple[Teacher, int]]) -> None:
-    """Make ``train.repa_teacher=name`` available; ``factory(config) -> (teacher, Dt)``."""
+# name -> factory(model config, weights path or None) -> RepaTeacher
+TeacherFactory = Callable[[FlexTokConfig, "str | None"], RepaTeacher]
+TEACHERS: dict[str, TeacherFactory] = {}
+
+
+def register_teacher(name: str, factory: TeacherFactory) -> None:
+    """Make ``train.repa_teacher=name`` available; ``factory(config, weights_path) -> RepaTeacher``."""
     TEACHERS[name] = factory
 
 
-def get_teacher(name: str, config: FlexTokConfig) -> tuple[Teacher, int]:
+def get_teacher(name: str, config: FlexTokConfig, weights_path: str | None = None) -> RepaTeacher:
     if name not in TEACHERS:
         raise ValueError(f"unknown REPA teacher {name!r}; registered: {sorted(TEACHERS)}")
-    return TEACHERS[name](config)
+    return TEACHERS[name](config, weights_path)
 
 
-def _pixel_patches(config: FlexTokConfig) -> tuple[Teacher, int]:
+def _pixel_patches(config: FlexTokConfig, weights_path: str | None) -> RepaTeacher:
     """The raw pixels of each decoder patch: a weight-free teacher for tests and smoke runs."""
+    del weights_path
     unit = config.vae_downsample * config.patch_size[0], config.vae_downsample * config.patch_size[1]
+    return RepaTeacher(features=lambda weights, images: patchify(images, unit), dim=unit[0] * unit[1] * 3)
 
-    def teacher(images: jax.Array) -> jax.Array:
-        return patchify(images, unit)
 
-    return teacher, unit[0] * unit[1] * 3
+def dinov2_teacher(config: FlexTokConfig, weights_path: str | os.PathLike | None) -> RepaTeacher:
+    """DINOv2 patch tokens at REPA's input size, from a safetensors file in the torch key names."""
+    del config  # the teacher does not depend on the tokenizer's sizes
+    if not weights_path:
+        raise ValueError("train.repa_teacher='dinov2' needs train.repa_teacher_weights "
+                         "(a DINOv2 .safetensors in the official torch key names)")
+    model, params = load_dinov2(weights_path)
+    return RepaTeacher(features=lambda weights, images: patch_features(model, weights, images),
+                       dim=model.config.embed_dim, init_boxed=lambda rng: dinov2_init_boxed(model, rng),
+                       weights=lambda: params)
 
 
 register_teacher("pixel_patches", _pixel_patches)
+register_teacher("dinov2", dinov2_teacher)
 
 
 class RepaProjector(nn.Module):

@@ -30,13 +30,12 @@ from flextok_jax.checkpoint_official import (
 from flextok_jax.model.config import FlexTokConfig, from_configdict
 from flextok_jax.model.flextok import FlexTok
 from flextok_jax.model.vae import STANDARD_VAE, VAEConfig, vae_params_from_torch
-from flextok_jax.evaluate.dinov2 import make_repa_teacher
 from flextok_jax.evaluate.grid import grid_image
 from flextok_jax.evaluate.reconstruct import reconstruct_by_k
 from flextok_jax.model.flextok import token_budgets
 from flextok_jax.params_io import EXPORT_FILE, save_params
 from flextok_jax.parallel import gather_to_host
-from flextok_jax.train.repa import RepaProjector, Teacher, get_teacher, init_projector, register_teacher, repa_loss
+from flextok_jax.train.repa import RepaProjector, RepaTeacher, get_teacher, init_projector, repa_loss
 from flextok_jax.train.task import ImageLogger, Metrics, Rules, Task
 
 
@@ -67,6 +66,11 @@ class FlowLossHparams:
         )
 
 
+def model_parts(frozen: dict[str, Any]) -> dict[str, Any]:
+    """The frozen parameters that belong to the FlexTok model (the VAE), not the REPA teacher's."""
+    return {k: v for k, v in frozen.items() if k != "repa_teacher"}
+
+
 def sample_keep_k(rng: jax.Array, batch: int, n: int, mode: str) -> jax.Array:
     """Per-image token budgets, int32 [B]: 'uniform' over 1..n, 'pow2' over {1, 2, 4, ...} <= n."""
     if mode == "uniform":
@@ -80,17 +84,18 @@ def sample_keep_k(rng: jax.Array, batch: int, n: int, mode: str) -> jax.Array:
 def flow_loss(
     model: FlexTok,
     hp: FlowLossHparams,
-    teacher: Teacher | None,
+    teacher: RepaTeacher | None,
     params: Any,
     frozen: Any,
     images: jax.Array,
     rng: jax.Array,
 ) -> tuple[jax.Array, Metrics]:
-    """images [B, H, W, 3] in [-1, 1] -> (scalar loss, metrics). ``params`` are differentiated."""
+    """images [B, H, W, 3] in [-1, 1] -> (scalar loss, metrics). ``params`` are differentiated;
+    ``frozen`` holds the VAE and the teacher's weights (``frozen['repa_teacher']``)."""
     cfg = model.config
     b = images.shape[0]
     r_keep, r_null, r_t, r_noise, r_vae = jax.random.split(rng, 5)
-    x0, codes = model.encode({**frozen, **params}, images, rng=r_vae)
+    x0, codes = model.encode({**params, **model_parts(frozen)}, images, rng=r_vae)
     keep_k = sample_keep_k(r_keep, b, cfg.n_registers, hp.nested_dropout)
     null_cond = jax.random.bernoulli(r_null, hp.guidance_dropout, (b,))
     t = flow.sample_logit_normal_t(r_t, b, hp.t_mean, hp.t_std)
@@ -104,7 +109,7 @@ def flow_loss(
     velocity, features = model.velocity_and_features(params, x_t, t, codes, keep_k, null_cond)
     loss_flow = jnp.mean(jnp.square(velocity - (noise - x0)))
     projected = RepaProjector(hp.repa_hidden, hp.repa_dim).apply({"params": params["repa_proj"]}, features)
-    loss_repa = repa_loss(projected, teacher(images))
+    loss_repa = repa_loss(projected, teacher.features(frozen.get("repa_teacher"), images))
     loss = loss_flow + hp.repa_weight * loss_repa
     return loss, {"loss": loss, "loss_flow": loss_flow, "loss_repa": loss_repa}
 
@@ -134,7 +139,7 @@ def pretrained_vae_scaling(path: str, prefix: str) -> float | None:
 
 
 class TokenizerTask(Task):
-    """FlexTok stage 1. Parameters: trainable {'encoder', 'decoder'[, 'repa_proj']}, frozen {'vae'}
+    """FlexTok stage 1. Parameters: trainable {'encoder', 'decoder'[, 'repa_proj']}, frozen {'vae'[, 'repa_teacher']}
     (or {} in pixel space). Batches: {'image': float32 [B, H, W, 3] in [-1, 1]}.
 
     ``train.init_from``: an official FlexTok checkpoint whose architecture replaces
@@ -176,12 +181,8 @@ class TokenizerTask(Task):
         if t.repa_teacher and t.repa_weight > 0:
             if model_cfg.repa_layer is None:
                 raise ValueError("train.repa_teacher is set but model.repa_layer is None")
-            if t.repa_teacher == "dinov2":
-                if not t.repa_teacher_weights:
-                    raise ValueError("train.repa_teacher='dinov2' needs train.repa_teacher_weights "
-                                     "(a DINOv2 .safetensors in the official torch key names)")
-                register_teacher("dinov2", make_repa_teacher(t.repa_teacher_weights))
-            self.teacher, repa_dim = get_teacher(t.repa_teacher, model_cfg)
+            self.teacher = get_teacher(t.repa_teacher, model_cfg, t.repa_teacher_weights)
+            repa_dim = self.teacher.dim
         self.hp = FlowLossHparams.from_config(t, repa_dim)
         self.skips = data_lib.SkipCounter()
 
@@ -193,10 +194,15 @@ class TokenizerTask(Task):
             trainable["repa_proj"] = init_projector(
                 r_proj, self.model.config.decoder.dim, self.hp.repa_hidden, self.hp.repa_dim
             )
-        return trainable, ({"vae": p["vae"]} if "vae" in p else {})
+        frozen = {"vae": p["vae"]} if "vae" in p else {}
+        if self.teacher is not None and self.teacher.init_boxed is not None:
+            frozen["repa_teacher"] = self.teacher.init_boxed(jax.random.fold_in(rng, 2))
+        return trainable, frozen
 
     def pretrained(self) -> dict[str, Any] | None:
-        return self._pretrained
+        if self.teacher is None or self.teacher.weights is None:
+            return self._pretrained
+        return {**(self._pretrained or {}), "repa_teacher": self.teacher.weights()}
 
     def loss(self, params: Any, frozen: Any, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, Metrics]:
         return flow_loss(self.model, self.hp, self.teacher, params, frozen, batch["image"], rng)
@@ -218,7 +224,7 @@ class TokenizerTask(Task):
 
     def export(self, directory: str, ema_params: Any, frozen: Any) -> str:
         """EMA encoder + decoder (+ the frozen VAE) with the config: ``directory/flextok.safetensors``."""
-        host = gather_to_host({"encoder": ema_params["encoder"], "decoder": ema_params["decoder"], **frozen})
+        host = gather_to_host({"encoder": ema_params["encoder"], "decoder": ema_params["decoder"], **model_parts(frozen)})
         target = os.path.join(directory, EXPORT_FILE)
         if jax.process_index() == 0:
             os.makedirs(directory, exist_ok=True)
@@ -250,7 +256,7 @@ class ReconstructionGrid:
     def __call__(self, state: Any, step: int) -> np.ndarray | None:
         if step % self.every:
             return None
-        params = {**state.params, **state.frozen}
+        params = {**state.params, **model_parts(state.frozen)}
         recon = reconstruct_by_k(self.model, params, self.images, self.ks, self.num_steps, seed=step,
                                  mesh=self.mesh, rules=self.rules)
         return grid_image(np.concatenate([np.asarray(self.images)[None], recon]))
