@@ -153,3 +153,15 @@ def test_pluggable_metric_and_bad_input(trained, test_pictures):
     with pytest.raises(ValueError, match="strictly increasing"):
         model.reconstruction_distances(params, images, ks=[4, 2])
     np.testing.assert_allclose(mean_squared_distance(jnp.ones((2, 3)), jnp.zeros((2, 3))), [1.0, 1.0])
+
+
+def test_vae_model_distances_are_between_latents(tiny, parity_io):
+    """The official tiny model (with a VAE): distances are measured between VAE latents."""
+    model, params = tiny
+    images = np.asarray(parity_io["images"]).transpose(0, 2, 3, 1)
+    ids, ks, dist = model.reconstruction_distances(params, images, ks=[1, 4, 16])
+    latents = model.encode_latents(params, jnp.asarray(images))
+    ref = independent_distances(model, params, latents, ids, ks)
+    np.testing.assert_allclose(np.asarray(dist), ref, rtol=1e-5, atol=DIST_TOL)
+    found = model.tokenize_adaptive(params, images, float(np.median(ref)) + 1e-4, ks=[1, 4, 16])
+    assert set(found.num_tokens.tolist()) <= {1, 4, 16}
