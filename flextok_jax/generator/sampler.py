@@ -3,6 +3,8 @@
 The cached program prefills the class position into a static KV cache ([2B or B, heads,
 max_k, head_dim] per layer, see ``network``) and runs every further position inside one
 ``lax.fori_loop``; the cache is part of the loop state, so XLA writes each new position in place.
+With ``num_tokens=None`` (a generator with EOS) the loop is a ``lax.while_loop`` that ends once
+every image of the batch has drawn EOS, or at max_tokens.
 Classifier-free guidance doubles the batch (rows B..2B-1 carry the null class) and combines the
 two halves as u + s (c - u) in float32 inside the program.
 
