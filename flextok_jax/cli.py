@@ -11,6 +11,11 @@ EPFL-VILAB/flextok_d18_d28_dfn; needs ``flextok_jax[hub]``, works offline from t
 ``flextok_jax.save_params`` with its config.
 Token files: ``.npz`` (arrays ``tokens`` int32 [N, k] and ``files``) or ``.array_record`` (one
 msgpack record per image: ``{"file": str, "tokens": int32 [k]}``).
+``tokenize --quality TARGET`` keeps per image the fewest tokens (1, 2, 4, ..., n) that
+reconstruct it to within TARGET (``FlexTok.tokenize_adaptive``) and writes a ragged file: npz
+``tokens`` [N, max k] padded with -1 plus ``lengths`` int32 [N], or array_record rows of each
+image's own length; plus a PNG histogram of the chosen k. ``detokenize`` decodes each image at
+its own length unless ``--keep_k`` is given.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ from flextok_jax.data.token_views import AUGMENTATIONS
 from flextok_jax.data.transforms import prepare_eval_image
 from flextok_jax.evaluate import commands as evaluate_commands
 from flextok_jax.hub import resolve_checkpoint
+from flextok_jax.model.flextok import token_budgets
 from flextok_jax.parallel import initialize_distributed, make_mesh
 from flextok_jax.params_io import FORMAT, load_model
 
@@ -94,46 +100,155 @@ def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def write_tokens(path: str | os.PathLike, files: Sequence[str], tokens: np.ndarray) -> None:
-    """Write token ids [N, k] with their source file names (.npz or .array_record)."""
+# Fills positions >= an image's length in a ragged npz token file (never a valid id).
+PAD_ID = -1
+
+
+def write_tokens(path: str | os.PathLike, files: Sequence[str], tokens: np.ndarray,
+                 lengths: np.ndarray | None = None) -> None:
+    """Write token ids [N, k] with their source file names (.npz or .array_record).
+
+    ``lengths`` int [N] (1 <= lengths <= k): image i keeps tokens[i, :lengths[i]] (a ragged file:
+    npz adds ``lengths`` and pads with ``PAD_ID``; array_record rows have their own length).
+    """
     path = os.fspath(path)
+    tokens = np.asarray(tokens, np.int32)
+    if lengths is not None:
+        lengths = _check_lengths(np.asarray(lengths), tokens, path)
+        tokens = np.where(np.arange(tokens.shape[1])[None, :] < lengths[:, None], tokens, PAD_ID).astype(np.int32)
     if path.endswith(".array_record"):
         writer = ArrayRecordWriter(path, "group_size:1")
-        for name, ids in zip(files, tokens):
-            writer.write(msgpack_serialize({"file": name, "tokens": np.asarray(ids, np.int32)}))
+        for i, (name, ids) in enumerate(zip(files, tokens)):
+            row = ids if lengths is None else ids[: lengths[i]]
+            writer.write(msgpack_serialize({"file": name, "tokens": np.asarray(row, np.int32)}))
         writer.close()
     else:
-        np.savez(path, tokens=np.asarray(tokens, np.int32), files=np.asarray(list(files)))
+        arrays = {"tokens": tokens, "files": np.asarray(list(files))}
+        if lengths is not None:
+            arrays["lengths"] = lengths
+        np.savez(path, **arrays)
 
 
-def read_tokens(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
-    """Inverse of ``write_tokens``: (file names, int32 tokens [N, k])."""
+def _check_lengths(lengths: np.ndarray, tokens: np.ndarray, where: str) -> np.ndarray:
+    """int32 lengths [N] for tokens [N, k]; ValueError naming ``where`` unless 1 <= lengths <= k
+    and every id before an image's length is a valid (non-negative) id."""
+    n, k = tokens.shape
+    if lengths.shape != (n,) or not np.issubdtype(lengths.dtype, np.integer):
+        raise ValueError(f"{where}: lengths must be an int array of shape [{n}] (one per image), "
+                         f"got shape {lengths.shape} dtype {lengths.dtype}")
+    if n and (lengths.min() < 1 or lengths.max() > k):
+        raise ValueError(f"{where}: lengths must lie in [1, {k}] (the token columns), got [{lengths.min()}, {lengths.max()}]")
+    inside = np.arange(k)[None, :] < lengths[:, None]
+    if np.any(inside & (tokens < 0)):
+        i = int(np.argmax(np.any(inside & (tokens < 0), axis=1)))
+        raise ValueError(f"{where}: image {i} has length {lengths[i]} but a pad / negative id within it "
+                         "(lengths do not match the tokens)")
+    return lengths.astype(np.int32)
+
+
+def read_token_file(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Inverse of ``write_tokens``: (file names, int32 tokens [N, max length] padded with
+    ``PAD_ID``, int32 lengths [N]); a fixed-length file has every length equal to its k."""
     path = os.fspath(path)
     if path.endswith(".array_record"):
         reader = ArrayRecordReader(path)
         records = [msgpack_restore(r) for r in reader.read_all()]
         reader.close()
-        return [r["file"] for r in records], np.stack([np.asarray(r["tokens"], np.int32) for r in records])
+        rows = [np.asarray(r["tokens"], np.int32).reshape(-1) for r in records]
+        lengths = np.array([len(r) for r in rows], np.int32)
+        if np.any(lengths == 0):
+            raise ValueError(f"{path}: record {int(np.argmin(lengths))} holds no tokens")
+        tokens = np.full((len(rows), int(lengths.max(initial=1))), PAD_ID, np.int32)
+        for i, row in enumerate(rows):
+            tokens[i, : len(row)] = row
+        return [r["file"] for r in records], tokens, _check_lengths(lengths, tokens, path)
     with np.load(path, allow_pickle=False) as f:
-        return [str(s) for s in f["files"]], f["tokens"].astype(np.int32)
+        names, tokens = [str(s) for s in f["files"]], f["tokens"].astype(np.int32)
+        lengths = f["lengths"] if "lengths" in f.files else np.full((tokens.shape[0],), tokens.shape[1], np.int32)
+    if len(names) != tokens.shape[0]:
+        raise ValueError(f"{path}: {len(names)} file names for {tokens.shape[0]} token rows")
+    return names, tokens, _check_lengths(np.asarray(lengths), tokens, path)
 
 
-def tokenize_folder(model, params, folder: str, out: str, batch_size: int = 8, num_tokens: int | None = None) -> int:
-    """Tokenize every image in ``folder`` into ``out``; returns the number tokenized."""
+def read_tokens(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """(file names, int32 tokens [N, k]) of a fixed-length token file (``read_token_file`` reads
+    ragged ones too)."""
+    names, tokens, lengths = read_token_file(path)
+    if np.any(lengths != tokens.shape[1]):
+        raise ValueError(f"{os.fspath(path)} is ragged (lengths {lengths.min()}..{lengths.max()}); use read_token_file")
+    return names, tokens
+
+
+def write_k_histogram(path: str | os.PathLike, lengths: np.ndarray, n: int, target: float | None = None) -> None:
+    """A PNG bar chart of how many images got each k in 1, 2, 4, ..., n (``lengths`` [N])."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ks = token_budgets(n)
+    counts = [int(np.sum(np.asarray(lengths) == k)) for k in ks]
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    FigureCanvasAgg(fig)  # a bare Figure with its own canvas: no pyplot, no global backend
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar([str(k) for k in ks], counts, color="tab:blue")
+    ax.set_xlabel("tokens per image (k)")
+    ax.set_ylabel("images")
+    title = f"{len(lengths)} images"
+    ax.set_title(title if target is None else f"{title}, quality target {target:g}")
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), format="png")
+
+
+def default_histogram_path(out: str | os.PathLike) -> str:
+    """tokens.npz -> tokens.k_histogram.png (next to the token file)."""
+    return os.fspath(pathlib.Path(out).with_suffix("")) + ".k_histogram.png"
+
+
+def tokenize_folder(model, params, folder: str, out: str, batch_size: int = 8, num_tokens: int | None = None,
+                    quality: float | None = None, quality_steps: int = 4, quality_seed: int = 0,
+                    histogram: str | None = None) -> int:
+    """Tokenize every image in ``folder`` into ``out``; returns the number tokenized.
+
+    ``quality``: keep per image the fewest tokens that reconstruct it to within this mean squared
+    latent distance (``FlexTok.tokenize_adaptive`` with ``quality_steps`` / ``quality_seed``),
+    write a ragged file and a histogram of the chosen k to ``histogram`` (default next to ``out``).
+    """
+    if quality is not None:
+        if num_tokens is not None:
+            raise ValueError("--num_tokens and --quality exclude each other (--quality chooses k per image)")
+        if not np.isfinite(quality) or quality <= 0:
+            raise ValueError(f"--quality must be a finite distance > 0, got {quality}")
     files = list_images(folder)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
     size = model.config.image_size[0]
-    names, ids = [], []
+    names, ids, lengths = [], [], []
+    unmet = 0
     with tqdm(total=len(files), unit="img", desc="tokenize") as bar:
         for batch in _batches(load_images(files, size), batch_size):
             images = np.stack([im for _, im in batch])
-            ids.append(np.asarray(model.tokenize(params, images, num_tokens=num_tokens)))
+            if quality is None:
+                ids.append(np.asarray(model.tokenize(params, images, num_tokens=num_tokens)))
+            else:
+                found = model.tokenize_adaptive(params, images, quality, num_steps=quality_steps, seed=quality_seed)
+                ids.append(np.asarray(found.ids))
+                lengths.append(found.num_tokens)
+                unmet += int(np.sum(~found.met))
             names += [str(p.relative_to(folder)) for p, _ in batch]
             bar.update(len(batch))
     if not ids:
         raise ValueError(f"none of the {len(files)} files under {folder} could be read")
-    write_tokens(out, names, np.concatenate(ids))
+    if quality is None:
+        write_tokens(out, names, np.concatenate(ids))
+        return len(names)
+    tokens, k = np.concatenate(ids), np.concatenate(lengths)
+    # Store only as many columns as the longest image uses.
+    write_tokens(out, names, tokens[:, : int(k.max())], k)
+    hist = histogram or default_histogram_path(out)
+    write_k_histogram(hist, k, model.config.n_registers, quality)
+    if unmet:
+        log.warning("%d of %d images miss the quality target %g even with all %d tokens (kept all)",
+                    unmet, len(names), quality, model.config.n_registers)
+    log.info("chosen k: mean %.2f, min %d, max %d; histogram in %s", k.mean(), k.min(), k.max(), hist)
     return len(names)
 
 
@@ -152,29 +267,48 @@ def effective_keep_k(keep_k: Sequence[int], n_given: int) -> list[int]:
     return out
 
 
-def detokenize_file(model, params, tokens_path: str, out_dir: str, keep_k: Sequence[int], batch_size: int = 8,
-                    num_steps: int = 25, guidance_scale: float = 1.0, guidance: str = "cfg", seed: int = 0) -> list[str]:
-    """Decode every token list at each k in ``keep_k`` (clipped to the tokens the file holds);
-    writes ``{name}_k{k}.png`` named by the k actually used, returns the paths."""
-    names, tokens = read_tokens(tokens_path)
-    ks = effective_keep_k(keep_k, tokens.shape[1])
+def detokenize_file(model, params, tokens_path: str, out_dir: str, keep_k: Sequence[int] | None = None,
+                    batch_size: int = 8, num_steps: int = 25, guidance_scale: float = 1.0, guidance: str = "cfg",
+                    seed: int = 0) -> list[str]:
+    """Decode every token list of a (fixed or ragged) token file; writes ``{name}_k{k}.png``
+    named by the k actually used, returns the paths.
+
+    ``keep_k`` None: each image at its own length. Otherwise each image at each k, clipped to the
+    image's length (an image decoded once per distinct clipped k).
+    """
+    names, tokens, lengths = read_token_file(tokens_path)
+    own_length = keep_k is None
+    ks = [int(lengths.max())] if own_length else effective_keep_k(keep_k, tokens.shape[1])
+    # Pads are beyond every image's keep_k, which masks them; any valid id stands in.
+    tokens = np.where(tokens == PAD_ID, 0, tokens)
     os.makedirs(out_dir, exist_ok=True)
     written = []
+    done: set[tuple[int, int]] = set()
+    clipped = 0
     rng = jax.random.key(seed)
     with tqdm(total=len(names) * len(ks), unit="img", desc="detokenize") as bar:
         for k in ks:
             for start in range(0, len(names), batch_size):
                 rng, sub = jax.random.split(rng)
-                chunk = tokens[start : start + batch_size]
-                images = model.detokenize(params, chunk, keep_k=k, num_steps=num_steps,
-                                          guidance_scale=guidance_scale, guidance=guidance, rng=sub)
-                pixels = np.clip((np.asarray(images) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-                for name, px in zip(names[start : start + batch_size], pixels):
-                    stem = pathlib.Path(name).with_suffix("").as_posix().replace("/", "__")
-                    path = os.path.join(out_dir, f"{stem}_k{k}.png")
-                    Image.fromarray(px).save(path)
-                    written.append(path)
-                bar.update(len(chunk))
+                stop = min(start + batch_size, len(names))
+                keep = np.minimum(k, lengths[start:stop]).astype(np.int32)
+                todo = [i for i, kk in zip(range(start, stop), keep) if (i, int(kk)) not in done]
+                clipped += int(np.sum(keep < k))
+                if todo:
+                    chunk = tokens[start:stop, : int(keep.max())]
+                    images = model.detokenize(params, chunk, keep_k=keep, num_steps=num_steps,
+                                              guidance_scale=guidance_scale, guidance=guidance, rng=sub)
+                    pixels = np.clip((np.asarray(images) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+                    for i in todo:
+                        kk = int(keep[i - start])
+                        stem = pathlib.Path(names[i]).with_suffix("").as_posix().replace("/", "__")
+                        path = os.path.join(out_dir, f"{stem}_k{kk}.png")
+                        Image.fromarray(pixels[i - start]).save(path)
+                        written.append(path)
+                        done.add((i, kk))
+                bar.update(stop - start)
+    if clipped and not own_length:
+        log.warning("%d decodes used an image's own length, below the requested k (a ragged token file)", clipped)
     return written
 
 
@@ -240,10 +374,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--images", required=True, help="folder of images (searched recursively)")
     t.add_argument("--out", required=True, help="tokens.npz or tokens.array_record")
     t.add_argument("--num_tokens", type=int, help="keep only the first k tokens (computes only those)")
+    t.add_argument("--quality", type=float, help="keep per image the fewest tokens (1, 2, 4, ..., n) whose "
+                   "reconstruction is within this mean squared latent distance; writes a ragged token file")
+    t.add_argument("--quality_steps", type=int, default=4, help="--quality: Euler steps of the trial decodes")
+    t.add_argument("--quality_seed", type=int, default=0, help="--quality: seed of the fixed start noise")
+    t.add_argument("--histogram", help="--quality: PNG of the chosen k (default: OUT.k_histogram.png)")
     d = sub.choices["detokenize"]
     d.add_argument("--tokens", required=True)
     d.add_argument("--out_dir", required=True)
-    d.add_argument("--keep_k", type=int, nargs="+", default=[256])
+    d.add_argument("--keep_k", type=int, nargs="+",
+                   help="decode each image at these k (clipped to its length); default: at its own length")
     d.add_argument("--steps", type=int, default=25)
     d.add_argument("--guidance_scale", type=float, default=1.0)
     d.add_argument("--guidance", choices=("cfg", "apg"), default="cfg")
@@ -260,7 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.run(args)
         model, params = load_checkpoint(args.checkpoint, args.vae_config, jnp.dtype(args.dtype))
         if args.command == "tokenize":
-            n = tokenize_folder(model, params, args.images, args.out, args.batch_size, args.num_tokens)
+            n = tokenize_folder(model, params, args.images, args.out, args.batch_size, args.num_tokens,
+                                args.quality, args.quality_steps, args.quality_seed, args.histogram)
             print(f"wrote tokens of {n} images to {args.out}")
         else:
             paths = detokenize_file(model, params, args.tokens, args.out_dir, args.keep_k, args.batch_size,

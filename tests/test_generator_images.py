@@ -41,3 +41,20 @@ def test_generate_images_rejects_a_mismatched_tokenizer(models):
     gen = generator.Generator(generator.preset("tiny", vocab_size=16))
     with pytest.raises(ValueError, match="generator vocab_size 16 != tokenizer vocab_size 64000"):
         generator.generate_images(gen, None, tokenizer, tok_params, jnp.array([1]), 4)
+
+
+def test_generate_images_until_eos_decodes_each_image_at_its_length(models):
+    _, _, tokenizer, tok_params = models
+    gen = generator.Generator(generator.preset("tiny", eos=True))
+    params = random_params(gen, seed=0)
+    # The random EOS column competes with 64,000 others; lift it so images stop early.
+    params["head"] = {"kernel": params["head"]["kernel"].at[:, -1].multiply(40.0)}
+    labels, rng, decode_rng = jnp.array([3, 10, 1, 5]), jax.random.key(4), jax.random.key(5)
+    tokens, lengths = gen.generate(params, labels, None, rng=rng)
+    lengths = np.asarray(lengths)
+    assert lengths.min() < 16  # at least one image ended by itself
+    images = generator.generate_images(gen, params, tokenizer, tok_params, labels, None, rng=rng,
+                                       num_steps=2, decode_rng=decode_rng)
+    filled = np.where(np.asarray(tokens) == generator.PAD_TOKEN, 0, np.asarray(tokens))
+    want = tokenizer.detokenize(tok_params, filled, keep_k=lengths, num_steps=2, rng=decode_rng)
+    np.testing.assert_allclose(images, want, rtol=0, atol=1e-6)

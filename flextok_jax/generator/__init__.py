@@ -7,7 +7,7 @@ the size presets.
 """
 from flextok_jax.generator.config import AR_DEPTHS, GeneratorConfig, non_embedding_params, preset
 from flextok_jax.generator.images import generate_images
-from flextok_jax.generator.loss import drop_labels, next_token_loss, position_bands
+from flextok_jax.generator.loss import drop_labels, eos_targets, next_token_loss, position_bands
 from flextok_jax.generator.model import Generator
 from flextok_jax.generator.params_io import load_generator, save_params
 from flextok_jax.generator.sampler import PAD_TOKEN, SCHEDULES, generate
@@ -19,6 +19,7 @@ __all__ = [
     "PAD_TOKEN",
     "SCHEDULES",
     "drop_labels",
+    "eos_targets",
     "generate",
     "generate_images",
     "load_generator",

@@ -42,7 +42,8 @@ def check_labels(cfg: GeneratorConfig, labels: Any) -> None:
 
 
 def check_tokens(cfg: GeneratorConfig, tokens: Any, batch: int) -> None:
-    """tokens: int [batch, T] with 1 <= T <= max_tokens and ids in [0, vocab_size)."""
+    """tokens: int [batch, T] with 1 <= T <= max_tokens and ids in [0, num_ids) (vocab_size, plus
+    the EOS id for a model with one)."""
     _integer(tokens, "tokens", 2)
     b, t = np.shape(tokens)
     if b != batch:
@@ -50,9 +51,10 @@ def check_tokens(cfg: GeneratorConfig, tokens: Any, batch: int) -> None:
     if not 1 <= t <= cfg.max_tokens:
         raise ValueError(f"tokens has {t} positions per image; expected 1..{cfg.max_tokens} (max_tokens)")
     if is_concrete(tokens):
-        bad = _out_of_range(np.asarray(tokens), 0, cfg.vocab_size - 1)
+        bad = _out_of_range(np.asarray(tokens), 0, cfg.num_ids - 1)
         if bad.size:
-            raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}) (vocab_size), got {bad.tolist()}")
+            what = "vocab_size + EOS" if cfg.eos else "vocab_size"
+            raise ValueError(f"token ids must lie in [0, {cfg.num_ids}) ({what}), got {bad.tolist()}")
 
 
 def check_num_tokens(cfg: GeneratorConfig, num_tokens: Any, batch: int) -> np.ndarray:

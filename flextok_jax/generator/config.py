@@ -31,6 +31,9 @@ class GeneratorConfig:
     qk_norm: bool = True
     norm_eps: float = 1e-6
     dtype: str = "float32"
+    # One more id, ``eos_id`` = vocab_size, after an image's last token: the generator then
+    # chooses each image's k (``generate(num_tokens=None)``).
+    eos: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "max_tokens", "num_classes", "depth", "dim", "num_heads", "head_dim"):
@@ -41,6 +44,20 @@ class GeneratorConfig:
             raise ValueError(f"GeneratorConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"GeneratorConfig.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not isinstance(self.eos, bool):
+            raise ValueError(f"GeneratorConfig.eos must be a bool, got {self.eos!r}")
+
+    @property
+    def num_ids(self) -> int:
+        """Rows of the token table and outputs of the head: the FlexTok ids, plus EOS if ``eos``."""
+        return self.vocab_size + int(self.eos)
+
+    @property
+    def eos_id(self) -> int:
+        """The end-of-sequence id (vocab_size); ValueError for a model without one."""
+        if not self.eos:
+            raise ValueError("this generator has no end-of-sequence token (GeneratorConfig.eos=False)")
+        return self.vocab_size
 
     @property
     def null_label(self) -> int:

@@ -31,7 +31,8 @@ def generate_images(
 ) -> jax.Array:
     """labels int [B] -> float32 images [B, H, W, 3] (the tokenizer's range, not clipped).
 
-    ``num_tokens``: one int or an int array [B] (image b is decoded from its first k[b] ids).
+    ``num_tokens``: one int or an int array [B] (image b is decoded from its first k[b] ids),
+    or None for a generator with EOS (each image decoded at the length it stopped at).
     The sampling arguments go to ``gen.generate``; ``num_steps``, ``guidance_scale``,
     ``decode_rng`` (the flow's start noise) and ``detokenize_kwargs`` to ``tokenizer.detokenize``
     (a ``flextok_jax.FlexTok``).
@@ -42,8 +43,12 @@ def generate_images(
     if gen.config.max_tokens > tcfg.n_registers:
         raise ValueError(f"generator max_tokens {gen.config.max_tokens} > tokenizer n_registers {tcfg.n_registers}")
     check_labels(gen.config, labels)
-    ks = check_num_tokens(gen.config, num_tokens, len(labels))
-    tokens = gen.generate(params, labels, num_tokens, cfg_scale, temperature, top_k, top_p, rng, guidance_schedule)
+    if num_tokens is None:
+        tokens, ks = gen.generate(params, labels, None, cfg_scale, temperature, top_k, top_p, rng, guidance_schedule)
+        ks = np.asarray(ks)
+    else:
+        ks = check_num_tokens(gen.config, num_tokens, len(labels))
+        tokens = gen.generate(params, labels, num_tokens, cfg_scale, temperature, top_k, top_p, rng, guidance_schedule)
     # Pads sit at positions >= k, which keep_k masks out; any valid id stands in for them.
     tokens = np.where(np.asarray(tokens) == PAD_TOKEN, 0, np.asarray(tokens))
     images = tokenizer.detokenize(

@@ -29,6 +29,22 @@ def drop_labels(labels: jax.Array, rng: jax.Array, rate: float, null_label: int)
     return jnp.where(drop, null_label, labels).astype(jnp.int32)
 
 
+def eos_targets(tokens: jax.Array, lengths: jax.Array, eos_id: int) -> tuple[jax.Array, jax.Array]:
+    """Training sequences that end with EOS: tokens int [B, T], lengths int [B] in [1, T] ->
+    (tokens int32 [B, T], weights float32 [B, T]).
+
+    Row b keeps tokens[b, :L] (L = lengths[b]); position L holds ``eos_id`` where L < T (at
+    L = T the image uses every position and sampling stops there without EOS). Weights are 1 on
+    positions <= L (< T) and 0 after; positions after the EOS hold ``eos_id`` too (any valid
+    input id would do: they are weighted 0 and, by causality, reach no weighted position).
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    lengths = jnp.asarray(lengths, jnp.int32)[:, None]
+    pos = jnp.arange(tokens.shape[1])[None, :]
+    out = jnp.where(pos < lengths, tokens, eos_id)
+    return out, (pos <= lengths).astype(jnp.float32)
+
+
 def next_token_loss(
     gen: Any,
     params: Any,
@@ -37,6 +53,7 @@ def next_token_loss(
     rng: jax.Array,
     class_dropout: float = 0.1,
     weights: jax.Array | None = None,
+    lengths: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean next-token cross-entropy: labels int32 [B], tokens int32 [B, T] -> (scalar float32
     loss, metrics of float32 scalars).
@@ -46,7 +63,12 @@ def next_token_loss(
     position's loss; the mean is then sum(w * ce) / sum(w). Metrics: ``loss``, ``accuracy``
     (argmax == target, same weighting), ``null_label_fraction`` (labels that are the null row after dropout) and
     ``loss/pos_...`` per band of positions (``position_bands``).
+    ``lengths`` int [B] in [1, T] (a model with ``config.eos``): image b is its first lengths[b]
+    tokens followed by EOS (``eos_targets``); its 0/1 mask multiplies ``weights``.
     """
+    if lengths is not None:
+        tokens, length_weights = eos_targets(tokens, lengths, gen.config.eos_id)
+        weights = length_weights if weights is None else length_weights * jnp.asarray(weights, jnp.float32)
     labels = drop_labels(labels, rng, class_dropout, gen.config.null_label)
     logits = gen.logits(params, labels, tokens)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)  # [B, T] float32

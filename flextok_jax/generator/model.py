@@ -87,7 +87,7 @@ class Generator:
         self,
         params: Params,
         labels: Any,
-        num_tokens: Any,
+        num_tokens: Any = None,
         cfg_scale: float = 1.0,
         temperature: float = 1.0,
         top_k: int = 0,
@@ -95,8 +95,9 @@ class Generator:
         rng: jax.Array | None = None,
         guidance_schedule: str = "constant",
         return_logits: bool = False,
-    ) -> jax.Array | tuple[jax.Array, jax.Array]:
-        """Sample token ids; see ``flextok_jax.generator.sampler.generate``."""
+    ) -> Any:
+        """Sample token ids (``num_tokens=None``: until EOS, also returning the lengths); see
+        ``flextok_jax.generator.sampler.generate``."""
         return sampler.generate(
             self, params, labels, num_tokens, cfg_scale, temperature, top_k, top_p, rng,
             guidance_schedule, return_logits,

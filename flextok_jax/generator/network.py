@@ -124,7 +124,7 @@ class GeneratorNet(nn.Module):
             init = nn.with_logical_partitioning(nn.initializers.normal(EMBED_STD), (axis, "embed"))
             return nn.Embed(rows, cfg.dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32, embedding_init=init, name=name)
 
-        self.token_embed = table(cfg.vocab_size, "vocab", "token_embed")
+        self.token_embed = table(cfg.num_ids, "vocab", "token_embed")
         self.class_embed = table(cfg.num_classes + 1, "classes", "class_embed")
         self.pos_embed = self.param(
             "pos_embed",
@@ -136,7 +136,7 @@ class GeneratorNet(nn.Module):
         self.final_norm = rms_norm(cfg, "final_norm")
         # float32 accumulation and output: logits over 64,000 ids need more than bf16's 8 bits.
         self.head = nn.Dense(
-            cfg.vocab_size,
+            cfg.num_ids,
             use_bias=False,
             dtype=cfg.compute_dtype,
             param_dtype=jnp.float32,

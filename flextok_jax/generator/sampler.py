@@ -3,6 +3,8 @@
 The cached program prefills the class position into a static KV cache ([2B or B, heads,
 max_k, head_dim] per layer, see ``network``) and runs every further position inside one
 ``lax.fori_loop``; the cache is part of the loop state, so XLA writes each new position in place.
+With ``num_tokens=None`` (a generator with EOS) the loop is a ``lax.while_loop`` that ends once
+every image of the batch has drawn EOS, or at max_tokens.
 Classifier-free guidance doubles the batch (rows B..2B-1 carry the null class) and combines the
 two halves as u + s (c - u) in float32 inside the program.
 
@@ -28,7 +30,8 @@ import numpy as np
 
 from flextok_jax.generator.checks import check_labels, check_num_tokens, check_sampling
 
-# Written at positions >= k of an image whose k is below the batch's largest.
+# Written at positions >= k of an image whose k is below the batch's largest (or that ended
+# with EOS before the batch's longest).
 PAD_TOKEN = -1
 SCHEDULES = ("constant", "linear")
 
@@ -128,40 +131,67 @@ def _uncached_logits_at(gen: Any) -> LogitsAt:
     return logits_at
 
 
+def mask_eos(gen: Any, logits: jax.Array, allow: jax.Array | bool) -> jax.Array:
+    """Logits [B, num_ids] with the EOS id at -inf where not ``allow`` (a model without EOS:
+    unchanged). Positions before an image's first token, and fixed-k sampling, never end."""
+    if not gen.config.eos:
+        return logits
+    eos = gen.config.eos_id
+    return logits.at[:, eos].set(jnp.where(allow, logits[:, eos], -jnp.inf))
+
+
 @functools.partial(
     jax.jit,
-    static_argnames=("gen", "max_k", "use_guidance", "use_filter", "schedule", "return_logits", "cached"),
+    static_argnames=("gen", "max_k", "use_guidance", "use_filter", "schedule", "return_logits", "cached", "until_eos"),
 )
 def _program(
     params, labels, keys, ks, cfg_scale, temperature, top_k, top_p,
-    *, gen, max_k, use_guidance, use_filter, schedule, return_logits, cached,
+    *, gen, max_k, use_guidance, use_filter, schedule, return_logits, cached, until_eos=False,
 ):
+    """-> (tokens int32 [B, max_k] with PAD_TOKEN at positions >= length, lengths int32 [B],
+    logits [B, max_k, num_ids] or None). ``until_eos``: each image ends at its first EOS (its
+    length is that position; at most max_k) and the loop stops once all have; else at ks."""
     b = labels.shape[0]
-    vocab = gen.config.vocab_size
+    vocab = gen.config.num_ids
     rows_labels = jnp.concatenate([labels, jnp.full_like(labels, gen.config.null_label)]) if use_guidance else labels
     logits_at = _cached_logits_at(gen) if cached else _uncached_logits_at(gen)
     state = gen.init_cache(rows_labels.shape[0], max_k) if cached else None
 
     def step(i, carry):
-        tokens, state, record = carry
+        tokens, state, record, lengths = carry
         rows_tokens = jnp.concatenate([tokens, tokens]) if use_guidance else tokens
         raw, state = logits_at(params, rows_labels, rows_tokens, i, state)
         if use_guidance:
             logits = combine_guidance(raw[:b], raw[b:], guidance_scales(cfg_scale, schedule, i, ks))
         else:
             logits = raw
+        logits = mask_eos(gen, logits, until_eos and not (isinstance(i, int) and i == 0))
         tok = sample_tokens(logits, keys, i, temperature, top_k, top_p, use_filter)
+        # The buffer keeps what was drawn (valid ids, so rows that have ended still feed finite
+        # embeddings); positions >= length become PAD_TOKEN at the end.
         tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, i))
+        if until_eos:
+            lengths = jnp.where((lengths == max_k) & (tok == gen.config.eos_id), i, lengths)
         if return_logits:
             record = jax.lax.dynamic_update_slice(record, logits[:, None], (0, i, 0))
-        return tokens, state, record
+        return tokens, state, record, lengths
 
     tokens = jnp.zeros((b, max_k), jnp.int32)
     record = jnp.zeros((b, max_k, vocab), jnp.float32) if return_logits else None
-    carry = step(0, (tokens, state, record))
-    tokens, _, record = jax.lax.fori_loop(1, max_k, step, carry)
-    tokens = jnp.where(jnp.arange(max_k)[None, :] < ks[:, None], tokens, PAD_TOKEN)
-    return tokens, record
+    lengths = jnp.full((b,), max_k, jnp.int32) if until_eos else ks
+    carry = step(0, (tokens, state, record, lengths))
+    if until_eos:
+        # (i, carry) until every image has drawn EOS or position max_k is reached.
+        def cond(loop):
+            i, (_, _, _, lengths) = loop
+            return (i < max_k) & jnp.any(lengths == max_k)
+
+        _, carry = jax.lax.while_loop(cond, lambda loop: (loop[0] + 1, step(loop[0], loop[1])), (jnp.int32(1), carry))
+    else:
+        carry = jax.lax.fori_loop(1, max_k, step, carry)
+    tokens, _, record, lengths = carry
+    tokens = jnp.where(jnp.arange(max_k)[None, :] < lengths[:, None], tokens, PAD_TOKEN)
+    return tokens, lengths, record
 
 
 def generate(
@@ -177,26 +207,34 @@ def generate(
     guidance_schedule: str = "constant",
     return_logits: bool = False,
     cached: bool = True,
-) -> jax.Array | tuple[jax.Array, jax.Array]:
+) -> Any:
     """Sample token ids: labels int [B] (num_classes = null) -> int32 [B, k] for an int k, or
     [B, max(k)] for an int array k [B] with ``PAD_TOKEN`` at positions >= k[b].
 
+    ``num_tokens=None`` (a model with ``config.eos``): each image ends where it draws EOS (never
+    before its first token), or at max_tokens; returns (tokens int32 [B, max(lengths)] with
+    ``PAD_TOKEN`` at positions >= lengths[b], lengths int32 [B]), from one loop that stops once
+    every image has ended. With an int k an EOS model never draws EOS.
+
     cfg_scale: guidance scale s (1 = no guidance pass; 0 = unconditional); guidance_schedule:
-    'constant' or 'linear' (see ``guidance_scales``). temperature 0 = greedy. top_k 0 and
-    top_p 1 disable those filters. rng: see the module docstring. ``return_logits`` also
-    returns the float32 logits each position was drawn from (guided, before temperature and
-    filters) [B, max_k, V]. ``cached=False`` recomputes the whole [B, max_k] teacher-forced
-    forward at every position instead of using a KV cache (the reference and the benchmark's
-    comparison).
+    'constant' or 'linear' (see ``guidance_scales``; with num_tokens=None it rises to s at
+    max_tokens). temperature 0 = greedy. top_k 0 and top_p 1 disable those filters. rng: see
+    the module docstring. ``return_logits`` also returns (last) the float32 logits each
+    position was drawn from (guided, before temperature and filters) [B, max_k, num_ids].
+    ``cached=False`` recomputes the whole [B, max_k] teacher-forced forward at every position
+    instead of using a KV cache (the reference and the benchmark's comparison).
     """
     cfg = gen.config
     check_labels(cfg, labels)
     b = len(labels)
-    ks = check_num_tokens(cfg, num_tokens, b)
+    until_eos = num_tokens is None
+    if until_eos and not cfg.eos:
+        raise ValueError("num_tokens=None samples until EOS, but this generator has none (GeneratorConfig.eos=False)")
+    ks = np.full((b,), cfg.max_tokens, np.int32) if until_eos else check_num_tokens(cfg, num_tokens, b)
     check_sampling(cfg_scale, temperature, top_k, top_p)
     if guidance_schedule not in SCHEDULES:
         raise ValueError(f"guidance_schedule must be one of {SCHEDULES}, got {guidance_schedule!r}")
-    tokens, record = _program(
+    tokens, lengths, record = _program(
         params,
         jnp.asarray(labels, jnp.int32),
         per_image_keys(rng, b),
@@ -212,8 +250,13 @@ def generate(
         schedule=guidance_schedule,
         return_logits=bool(return_logits),
         cached=bool(cached),
+        until_eos=until_eos,
     )
-    return (tokens, record) if return_logits else tokens
+    if not until_eos:
+        return (tokens, record) if return_logits else tokens
+    longest = int(jnp.max(lengths))
+    out = (tokens[:, :longest], lengths)
+    return out + (record,) if return_logits else out
 
 
 def program_cache_size() -> int:

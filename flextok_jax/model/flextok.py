@@ -5,8 +5,9 @@ of a linen ``params`` collection); ``FlexTok`` holds only the architecture and j
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -21,6 +22,8 @@ from flextok_jax.model.fsq import codes_to_ids, fsq_quantize, ids_to_codes
 from flextok_jax.model.vae import AutoencoderKL
 
 Params = dict[str, Any]
+# (target latents [B, h, w, C], decoded latents [B, h, w, C]) -> distances [B]; smaller is closer.
+Metric = Callable[[jax.Array, jax.Array], jax.Array]
 # Images may overshoot [-1, 1] by resampling ringing; beyond this they are surely in another range.
 _RANGE_SLACK = 1e-2
 
@@ -333,6 +336,81 @@ class FlexTok:
 
         return flow.euler_sample(velocity_fn, noise, num_steps, guidance_scale, guidance, use_guidance)
 
+    def reconstruction_distances(
+        self,
+        params: Params,
+        images: Any,
+        ks: Any = None,
+        num_steps: int = 4,
+        seed: int = 0,
+        metric: Metric | None = None,
+    ) -> tuple[jax.Array, np.ndarray, jax.Array]:
+        """images [B, H, W, 3] -> (ids int32 [B, n], ks int32 [K], distances float32 [B, K]).
+
+        distances[b, j] = ``metric(latents of image b, latents decoded from its first ks[j] ids)``
+        (default ``mean_squared_distance``; pixels for a pixel-space model). The decode is a
+        deterministic ``num_steps``-step Euler flow without guidance from one fixed start noise
+        drawn from ``jax.random.key(seed)`` and shared by every image and k, so an image's
+        distances do not depend on the batch it comes in. All B * K (image, k) pairs go through
+        one ``sample_latents`` call (its per-image keep_k bucketing). ``ks`` default:
+        ``token_budgets(n)``.
+        """
+        images = self._check_images(images)
+        n = self.config.n_registers
+        ks_np = np.asarray(token_budgets(n) if ks is None else ks)
+        if ks_np.ndim != 1 or ks_np.size == 0:
+            raise ValueError(f"ks must be a non-empty int list, got shape {ks_np.shape}")
+        ks_np = self._check_num_tokens(ks_np, ks_np.size, "ks")
+        if np.any(np.diff(ks_np) <= 0):
+            raise ValueError(f"ks must be strictly increasing, got {ks_np.tolist()}")
+        metric = mean_squared_distance if metric is None else metric
+        b, num_k = images.shape[0], ks_np.size
+        ids = self._tokenize_jit(params, images, n)
+        latents = self._encode_latents_jit(params, images)
+        noise = jax.random.normal(jax.random.key(seed), self.latent_shape, jnp.float32)
+        # Image-major pairs: row b * K + j is image b decoded from its first ks[j] ids.
+        pair_ids = np.repeat(np.asarray(ids), num_k, axis=0)
+        pair_keep = np.tile(ks_np, b)
+        decoded = self.sample_latents(params, pair_ids, pair_keep, num_steps,
+                                      noise=jnp.broadcast_to(noise, (b * num_k,) + noise.shape))
+        dist = jnp.asarray(metric(jnp.repeat(latents, num_k, axis=0), decoded), jnp.float32)
+        if dist.shape != (b * num_k,):
+            raise ValueError(f"metric must return one distance per image, shape [{b * num_k}]; got {dist.shape}")
+        return ids, ks_np, dist.reshape(b, num_k)
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def _encode_latents_jit(self, params: Params, images: jax.Array) -> jax.Array:
+        return self.encode_latents(params, images)
+
+    def tokenize_adaptive(
+        self,
+        params: Params,
+        images: Any,
+        target: float,
+        ks: Any = None,
+        num_steps: int = 4,
+        seed: int = 0,
+        metric: Metric | None = None,
+    ) -> "AdaptiveTokens":
+        """The fewest tokens per image that reconstruct it to within ``target``.
+
+        images [B, H, W, 3] in [-1, 1] -> ``AdaptiveTokens``: ids int32 [B, n] (all n; the
+        image's tokens are ids[b, :num_tokens[b]]), num_tokens int32 [B] = the smallest k in
+        ``ks`` (default 1, 2, 4, ..., n) whose distance (``reconstruction_distances``, same
+        arguments) is <= target, or n where none is (``met`` False there).
+        """
+        target = float(target)
+        if not np.isfinite(target) or target <= 0:
+            raise ValueError(f"the quality target must be a finite distance > 0, got {target}")
+        ids, ks_np, dist = self.reconstruction_distances(params, images, ks, num_steps, seed, metric)
+        d = np.asarray(dist)
+        ok = d <= target
+        met = ok.any(axis=1)
+        first = np.where(met, np.argmax(ok, axis=1), ks_np.size - 1)
+        # Where no candidate meets the target the image keeps every token, not the last candidate.
+        chosen = np.where(met, ks_np[first], self.config.n_registers).astype(np.int32)
+        return AdaptiveTokens(ids=ids, num_tokens=chosen, met=met, ks=ks_np, distances=d)
+
     def reconstruct(
         self,
         params: Params,
@@ -358,6 +436,23 @@ class FlexTok:
             latents = self.sample_codes(params, c, keep, noise, guidance_scale, num_steps, guidance, use_guidance, collapse)
             outs.append(self.decode_latents(params, latents))
         return jnp.stack(outs)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveTokens:
+    """What ``FlexTok.tokenize_adaptive`` found for a batch of B images over K candidate k."""
+
+    ids: jax.Array  # int32 [B, n]: every token; image b uses ids[b, :num_tokens[b]]
+    num_tokens: np.ndarray  # int32 [B]: the chosen k
+    met: np.ndarray  # bool [B]: whether some candidate k met the target
+    ks: np.ndarray  # int32 [K]: the candidate k
+    distances: np.ndarray  # float32 [B, K]: distance of each (image, candidate k)
+
+
+def mean_squared_distance(target: jax.Array, decoded: jax.Array) -> jax.Array:
+    """Mean over all but the batch axis of (target - decoded)^2, float32. [B, ...] x2 -> [B]."""
+    diff = jnp.asarray(target, jnp.float32) - jnp.asarray(decoded, jnp.float32)
+    return jnp.mean(jnp.square(diff), axis=tuple(range(1, diff.ndim)))
 
 
 @jax.jit
