@@ -48,23 +48,9 @@ from flextok_jax.evaluate import commands as evaluate_commands
 from flextok_jax.hub import resolve_checkpoint
 from flextok_jax.model.flextok import token_budgets
 from flextok_jax.parallel import initialize_distributed, make_mesh
-from flextok_jax.params_io import FORMAT, load_model
+from flextok_jax.params_io import FORMAT, load_checkpoint, load_model
 
 log = logging.getLogger("flextok_jax.cli")
-
-
-def load_checkpoint(path: str | os.PathLike, vae_config: str | None = None, dtype: Any = np.float32):
-    """(FlexTok, params) from an official checkpoint or one of ours (a path or a hub repository
-    id such as EPFL-VILAB/flextok_d18_d28_dfn), told apart by its metadata."""
-    path = resolve_checkpoint(path)
-    meta = read_safetensors_metadata(path)
-    if meta.get("format") == FORMAT:
-        return load_model(path, dtype=dtype)
-    vae = None
-    if vae_config:
-        with open(vae_config) as f:
-            vae = json.load(f)
-    return load_official_checkpoint(path, vae_config=vae, dtype=dtype)
 
 
 def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:

@@ -14,7 +14,8 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from flextok_jax.checkpoint_official import read_safetensors_metadata
+from flextok_jax.checkpoint_official import load_official_checkpoint, read_safetensors_metadata
+from flextok_jax.hub import resolve_checkpoint
 from flextok_jax.model.config import FlexTokConfig
 from flextok_jax.model.flextok import FlexTok
 
@@ -98,3 +99,17 @@ def load_model(path: str | os.PathLike, dtype: Any = np.float32):
 
 # The file name of a trained tokenizer's export (``WORKDIR/export/flextok.safetensors``).
 EXPORT_FILE = "flextok.safetensors"
+
+
+def load_checkpoint(path: str | os.PathLike, vae_config: str | None = None, dtype: Any = np.float32) -> tuple[FlexTok, Any]:
+    """(FlexTok, params) from an official checkpoint or one of ours (a path or a hub repository
+    id such as EPFL-VILAB/flextok_d18_d28_dfn), told apart by its metadata."""
+    path = resolve_checkpoint(path)
+    meta = read_safetensors_metadata(path)
+    if meta.get("format") == FORMAT:
+        return load_model(path, dtype=dtype)
+    vae = None
+    if vae_config:
+        with open(vae_config) as f:
+            vae = json.load(f)
+    return load_official_checkpoint(path, vae_config=vae, dtype=dtype)

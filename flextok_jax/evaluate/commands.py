@@ -21,6 +21,9 @@ import ml_collections
 from flextok_jax.data.factory import SOURCES, get_source
 from flextok_jax.evaluate import runner
 from flextok_jax.evaluate.features import NETWORKS, FeatureNetwork, get_network
+from flextok_jax.evaluate.reference_batch import load_reference_stats
+from flextok_jax.generator import load_generator
+from flextok_jax.params_io import load_checkpoint
 
 _SOURCE_FIELDS = ("source", "split", "folder", "data_dir", "name")
 
@@ -72,8 +75,6 @@ def _source_flags(p: argparse.ArgumentParser, required: bool) -> None:
 
 def rfid_command(args: argparse.Namespace) -> int:
     """``rfid``: reconstruction FID per k of a source's images."""
-    from flextok_jax.cli import load_checkpoint
-
     network = _network(args)
     tokenizer, tparams = load_checkpoint(args.tokenizer, args.vae_config, jnp.dtype(args.dtype))
     data = data_config(args, args.num_images, tokenizer.config.image_size[0])
@@ -89,10 +90,6 @@ def rfid_command(args: argparse.Namespace) -> int:
 
 def gfid_command(args: argparse.Namespace) -> int:
     """``gfid``: generation FID per (k, CFG scale) against an ADM npz or a real source."""
-    from flextok_jax.cli import load_checkpoint
-    from flextok_jax.evaluate.reference_batch import load_reference_stats
-    from flextok_jax.generator import load_generator
-
     if (args.reference is None) == (args.source is None):
         raise ValueError("gfid needs exactly one of --reference (an ADM-format npz) and --source (real images)")
     network = _network(args)

@@ -23,6 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from flextok_jax.evaluate import classifier
+from flextok_jax.evaluate.dinov2 import cls_features, load_dinov2
+from flextok_jax.evaluate.inception import FEATURE_DIM, NUM_CLASSES, load_inception
 from flextok_jax.parallel import BATCH_AXES, batch_sharding
 
 NETWORKS = ("inception", "dinov2", "fmnist")
@@ -101,8 +104,6 @@ def inception_network(weights: str | os.PathLike | None = None, *, model_params:
                       precision: str | None = "highest") -> FeatureNetwork:
     """pytorch-fid's Inception-v3 (``load_inception``) from a safetensors file, or a given
     (model, params) pair: pool3 [B, 2048] and the bias-free logits [B, 1008]."""
-    from flextok_jax.evaluate.inception import FEATURE_DIM, NUM_CLASSES, load_inception
-
     if model_params is None:
         if weights is None:
             raise ValueError("inception_network needs a weights file (or model_params)")
@@ -121,8 +122,6 @@ def inception_network(weights: str | os.PathLike | None = None, *, model_params:
 def dinov2_network(weights: str | os.PathLike | None = None, *, model_params: tuple[Any, Any] | None = None,
                    num_heads: int | None = None) -> FeatureNetwork:
     """DINOv2 (``load_dinov2``) class-token features at 224 px [B, D] for FD-DINOv2; no logits."""
-    from flextok_jax.evaluate.dinov2 import cls_features, load_dinov2
-
     if model_params is None:
         if weights is None:
             raise ValueError("dinov2_network needs a weights file (or model_params)")
@@ -140,8 +139,6 @@ def dinov2_network(weights: str | os.PathLike | None = None, *, model_params: tu
 def fmnist_network(weights: str | os.PathLike | dict) -> FeatureNetwork:
     """The Fashion-MNIST classifier's penultimate features [B, 128] and logits [B, 10], from its
     ``save_classifier`` file or from its parameters. Images must be 32x32 (grey or RGB)."""
-    from flextok_jax.evaluate import classifier
-
     if isinstance(weights, dict):
         params, path = weights, None
     else:

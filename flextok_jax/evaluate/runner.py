@@ -35,6 +35,9 @@ from flextok_jax.evaluate.features import FeatureNetwork
 from flextok_jax.evaluate.fid import FeatureStats, StatsAccumulator, stats_distance
 from flextok_jax.evaluate.inception_score import inception_score
 from flextok_jax.evaluate.precision_recall import precision_recall
+from flextok_jax.evaluate.reconstruct import reconstruct_by_k
+from flextok_jax.generator.images import generate_images
+from flextok_jax.model.flextok import token_budgets
 
 REAL = "real"
 
@@ -294,9 +297,6 @@ def run_rfid(
     the decoder's flow sampler. ``describe``: JSON-able notes for results.json and the resume plan
     (e.g. the checkpoint path and the source's config). Returns the results.json payload.
     """
-    from flextok_jax.evaluate.reconstruct import reconstruct_by_k
-    from flextok_jax.model.flextok import token_budgets
-
     workdir = os.fspath(workdir)
     mesh = default_mesh() if mesh is None else mesh
     _check_batch(batch_size, mesh)
@@ -376,9 +376,6 @@ def run_gfid(
     features of the first ``num_reference`` (default ``num_samples``) images of ``reference_source``.
     Every (k, scale) uses the same labels and random keys. Returns the results.json payload.
     """
-    from flextok_jax.generator.images import generate_images
-    from flextok_jax.model.flextok import token_budgets
-
     if (reference is None) == (reference_source is None):
         raise ValueError("run_gfid needs exactly one of reference (statistics) and reference_source (images)")
     if reference is not None and reference.mean.shape != (network.dim,):

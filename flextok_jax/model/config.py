@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from flextok_jax.model.fsq import codebook_size
+from flextok_jax.model.vae import STANDARD_VAE, VAEConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +94,6 @@ class FlexTokConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FlexTokConfig":
         """Build from plain values only (as written by ``to_dict``); unknown keys are errors."""
-        from flextok_jax.model.vae import VAEConfig
-
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
@@ -120,8 +119,6 @@ def from_configdict(model: Mapping[str, Any]) -> FlexTokConfig:
     string 'standard', or a dict of ``VAEConfig`` fields), ``vae_scaling_factor``,
     ``vae_shift_factor``, ``max_timestep``, ``repa_layer``.
     """
-    from flextok_jax.model.vae import STANDARD_VAE
-
     d = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in dict(model).items()}
     if d.get("vae") == "standard":
         d["vae"] = dataclasses.asdict(STANDARD_VAE)
