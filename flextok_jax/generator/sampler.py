@@ -1,16 +1,17 @@
 """Sampling token ids from a ``Generator``: one compiled program per (batch, max_k, mode).
 
-The cached program prefills the class position into a static KV cache ([2B or B, heads,
-max_k, head_dim] per layer, see ``network``) and runs every further position inside one
-``lax.fori_loop``; the cache is part of the loop state, so XLA writes each new position in place.
-Classifier-free guidance doubles the batch (rows B..2B-1 carry the null class) and combines the
-two halves as u + s (c - u) in float32 inside the program.
+The cached program prefills the condition prefix into a static KV cache ([2B or B, heads,
+O + max_k, head_dim] per layer, O = ``config.prefix_offset``: 0 for a class model,
+``max_text_tokens`` for a text model; see ``network``) and runs every further position inside
+one ``lax.fori_loop``; the cache is part of the loop state, so XLA writes each new position in
+place. Classifier-free guidance doubles the batch (rows B..2B-1 carry the null class, or the
+null text prefix) and combines the two halves as u + s (c - u) in float32 inside the program.
 
 Randomness: image b draws position i with ``fold_in(keys[b], i)``, where ``keys`` is
 ``jax.random.split(rng, B)`` for a single key ``rng`` or ``rng`` itself when it is a key
 array [B]. An image's tokens therefore depend only on its own key, label and k, never on the
 rest of the batch: ``generate(labels[b:b+1], num_tokens=k[b], rng=keys[b:b+1])`` gives row b
-of a batched call.
+of a batched call (``cond.rows(slice(b, b + 1))`` for a text condition).
 
 Compilation is keyed on shapes and modes only: (batch, max_k, guidance on/off, filtering
 on/off, guidance schedule, return_logits). cfg_scale, temperature, top_k and top_p are traced
@@ -26,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flextok_jax.generator.checks import check_labels, check_num_tokens, check_sampling
+from flextok_jax.generator.checks import check_num_tokens, check_sampling
+from flextok_jax.generator.conditioning import concat_conditions, condition_batch, null_condition, prepare_condition
 
 # Written at positions >= k of an image whose k is below the batch's largest.
 PAD_TOKEN = -1
@@ -101,17 +103,18 @@ def kv_cache_bytes(gen: Any, batch: int, max_k: int, use_guidance: bool) -> int:
     """Bytes of the sampler's KV cache for ``batch`` images and ``max_k`` positions."""
     cfg = gen.config
     rows = 2 * batch if use_guidance else batch
-    return cfg.depth * 2 * rows * cfg.num_heads * max_k * cfg.head_dim * cfg.compute_dtype.itemsize
+    length = gen.cache_length(max_k)
+    return cfg.depth * 2 * rows * cfg.num_heads * length * cfg.head_dim * cfg.compute_dtype.itemsize
 
 
-# logits_at(params, labels_all [N], tokens_all [N, max_k], i, state) -> (float32 [N, V], state)
+# logits_at(params, cond_all (N rows), tokens_all [N, max_k], i, state) -> (float32 [N, V], state)
 LogitsAt = Callable[[Any, jax.Array, jax.Array, Any, Any], tuple[jax.Array, Any]]
 
 
 def _cached_logits_at(gen: Any) -> LogitsAt:
-    def logits_at(params, labels, tokens, i, cache):
+    def logits_at(params, cond, tokens, i, cache):
         if isinstance(i, int) and i == 0:
-            return gen.prefill(params, labels, cache)
+            return gen.prefill(params, cond, cache)
         prev = jax.lax.dynamic_index_in_dim(tokens, i - 1, axis=1, keepdims=False)
         return gen.decode(params, prev, i, cache)
 
@@ -121,8 +124,8 @@ def _cached_logits_at(gen: Any) -> LogitsAt:
 def _uncached_logits_at(gen: Any) -> LogitsAt:
     # The whole teacher-forced forward over the [N, max_k] buffer; causality makes the
     # not-yet-sampled tail irrelevant to position i.
-    def logits_at(params, labels, tokens, i, state):
-        logits = gen.net.apply({"params": params}, labels, tokens)
+    def logits_at(params, cond, tokens, i, state):
+        logits = gen.net.apply({"params": params}, cond, tokens)
         return jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False), state
 
     return logits_at
@@ -133,19 +136,19 @@ def _uncached_logits_at(gen: Any) -> LogitsAt:
     static_argnames=("gen", "max_k", "use_guidance", "use_filter", "schedule", "return_logits", "cached"),
 )
 def _program(
-    params, labels, keys, ks, cfg_scale, temperature, top_k, top_p,
+    params, cond, keys, ks, cfg_scale, temperature, top_k, top_p,
     *, gen, max_k, use_guidance, use_filter, schedule, return_logits, cached,
 ):
-    b = labels.shape[0]
+    b = keys.shape[0]
     vocab = gen.config.vocab_size
-    rows_labels = jnp.concatenate([labels, jnp.full_like(labels, gen.config.null_label)]) if use_guidance else labels
+    rows_cond = concat_conditions(cond, null_condition(gen.config, cond)) if use_guidance else cond
     logits_at = _cached_logits_at(gen) if cached else _uncached_logits_at(gen)
-    state = gen.init_cache(rows_labels.shape[0], max_k) if cached else None
+    state = gen.init_cache(2 * b if use_guidance else b, gen.cache_length(max_k)) if cached else None
 
     def step(i, carry):
         tokens, state, record = carry
         rows_tokens = jnp.concatenate([tokens, tokens]) if use_guidance else tokens
-        raw, state = logits_at(params, rows_labels, rows_tokens, i, state)
+        raw, state = logits_at(params, rows_cond, rows_tokens, i, state)
         if use_guidance:
             logits = combine_guidance(raw[:b], raw[b:], guidance_scales(cfg_scale, schedule, i, ks))
         else:
@@ -167,7 +170,7 @@ def _program(
 def generate(
     gen: Any,
     params: Any,
-    labels: Any,
+    cond: Any,
     num_tokens: Any,
     cfg_scale: float = 1.0,
     temperature: float = 1.0,
@@ -178,8 +181,9 @@ def generate(
     return_logits: bool = False,
     cached: bool = True,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """Sample token ids: labels int [B] (num_classes = null) -> int32 [B, k] for an int k, or
-    [B, max(k)] for an int array k [B] with ``PAD_TOKEN`` at positions >= k[b].
+    """Sample token ids: cond (labels int [B], num_classes = null; or a text condition of B
+    rows, see ``conditioning``) -> int32 [B, k] for an int k, or [B, max(k)] for an int array
+    k [B] with ``PAD_TOKEN`` at positions >= k[b].
 
     cfg_scale: guidance scale s (1 = no guidance pass; 0 = unconditional); guidance_schedule:
     'constant' or 'linear' (see ``guidance_scales``). temperature 0 = greedy. top_k 0 and
@@ -190,15 +194,14 @@ def generate(
     comparison).
     """
     cfg = gen.config
-    check_labels(cfg, labels)
-    b = len(labels)
+    b = condition_batch(cfg, cond)
     ks = check_num_tokens(cfg, num_tokens, b)
     check_sampling(cfg_scale, temperature, top_k, top_p)
     if guidance_schedule not in SCHEDULES:
         raise ValueError(f"guidance_schedule must be one of {SCHEDULES}, got {guidance_schedule!r}")
     tokens, record = _program(
         params,
-        jnp.asarray(labels, jnp.int32),
+        prepare_condition(cfg, cond),
         per_image_keys(rng, b),
         jnp.asarray(ks),
         jnp.float32(cfg_scale),
