@@ -1,0 +1,86 @@
+"""Captioned Fashion-MNIST and the text generator's training task: the caption set, its held-out
+paraphrases, the precomputed MiniLM features, and a loss that falls through ``train.train`` on a
+token dataset written by `flextok tokenize-dataset` (the fixture of test_generator_train)."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+from helpers import losses
+from test_generator_train import N_TOKENS, VOCAB, token_dir  # noqa: F401 - the module-scoped fixture
+
+from flextok_jax import generator
+from flextok_jax.text import captions as C
+from flextok_jax.train import train
+from flextok_jax.train import config as common
+from flextok_jax.train.generator_task import EXPORT_FILE
+from flextok_jax.train.setup import make_task
+
+SLOTS = 16
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from flextok_jax import text
+
+    return text.MiniLM.from_pretrained()
+
+
+def text_config(token_dir: str, steps: int) -> "ml_collections.ConfigDict":  # noqa: F821
+    c = common.text_generator_base_config(common.generator_model(
+        depth=2, num_classes=0, vocab_size=VOCAB, max_tokens=N_TOKENS, dim=64, num_heads=2, head_dim=32),
+        max_text_tokens=SLOTS)
+    c.data.tokens = token_dir
+    c.train.global_batch_size = 16
+    c.train.total_steps = steps
+    c.optimizer.lr = 3e-3
+    c.optimizer.warmup_steps = 5
+    c.log.every_steps = 1
+    c.log.progress = False
+    c.checkpoint.every_steps = steps
+    c.checkpoint["async"] = False
+    return c
+
+
+def test_caption_table_and_held_out_paraphrases():
+    captions, ids = C.caption_table()
+    assert ids.shape == (10, len(C.TRAIN_TEMPLATES)) and len(captions) == ids.max() + 1
+    assert captions[ids[7, 1]] == "a photo of a sneaker"
+    assert captions[ids[4, 0]] == "a coat" and captions[ids[9, 7]] == "footwear: ankle boot"
+    held_out, _ = C.caption_table(C.HELD_OUT_TEMPLATES)
+    assert "an image showing an ankle boot" in held_out
+    assert not set(held_out) & set(captions)  # training never sees a held-out caption
+    with pytest.raises(ValueError, match="label"):
+        C.caption(10, C.TRAIN_TEMPLATES[0])
+
+
+def test_text_generator_task_precomputes_caption_features(token_dir, minilm):  # noqa: F811
+    task = make_task(text_config(token_dir, 2))
+    task._encoder = minilm  # the fixture's encoder, so the weights load once
+    feats = task.pretrained()["captions"]
+    n = len(task.captions)
+    assert feats["tokens"].shape == (n, SLOTS, 384) and feats["pooled"].shape == (n, 384)
+    np.testing.assert_allclose(np.linalg.norm(feats["pooled"], axis=1), 1.0, atol=1e-5)
+    lengths = feats["mask"].sum(1)
+    assert lengths.min() >= 3 and lengths.max() < SLOTS  # [CLS] word [SEP] .. no caption cut
+    # Features are cached: a second call does not run the encoder again.
+    assert task.pretrained()["captions"] is feats
+    assert task.metadata()["held_out_templates"] == list(C.HELD_OUT_TEMPLATES)
+
+
+def test_text_generator_loss_falls_through_train(token_dir, minilm, tmp_path, monkeypatch):  # noqa: F811
+    from flextok_jax.text import encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module.MiniLM, "from_pretrained", classmethod(lambda cls, *a, **k: minilm))
+    steps = 60
+    train(text_config(token_dir, steps), tmp_path)
+    got = losses(tmp_path)
+    assert sorted(got) == list(range(1, steps + 1))
+    assert abs(got[1] - math.log(VOCAB)) < 0.05, got[1]  # zero head: uniform over 200 ids
+    last = np.mean([got[s] for s in range(steps - 9, steps + 1)])
+    print(f"text generator loss {got[1]:.3f} -> {last:.3f}")
+    assert last < 0.85 * math.log(VOCAB), last
+    gen, params = generator.load_generator(os.path.join(tmp_path, "export", EXPORT_FILE))
+    assert gen.config.condition == "text" and "text_proj" in params and "captions" not in params
