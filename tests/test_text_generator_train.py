@@ -84,3 +84,31 @@ def test_text_generator_loss_falls_through_train(token_dir, minilm, tmp_path, mo
     assert last < 0.85 * math.log(VOCAB), last
     gen, params = generator.load_generator(os.path.join(tmp_path, "export", EXPORT_FILE))
     assert gen.config.condition == "text" and "text_proj" in params and "captions" not in params
+
+
+def test_text_generator_step_same_on_a_sharded_mesh(token_dir, minilm):  # noqa: F811
+    """The caption table (frozen, replicated) and the text parameters under fsdp x tensor
+    sharding: two steps on a (2, 2, 2) mesh give the one-device metrics."""
+    import jax
+
+    from flextok_jax.train import TrainSetup
+    from flextok_jax.train.text_generator_task import TextGeneratorTask
+
+    history = {}
+    for shape in ((1, 1, 1), (2, 2, 2)):
+        config = text_config(token_dir, 2)
+        config.optimizer.warmup_steps = 0
+        config.optimizer.eps = 1e-6  # as test_generator_train: Adam's first step magnifies rounding
+        config.mesh.shape = shape
+        task = TextGeneratorTask(config, encoder=minilm)
+        setup = TrainSetup.from_config(config, task=task, devices=jax.devices()[: int(np.prod(shape))])
+        batches, state = iter(task.dataset()), setup.init_state()
+        np.testing.assert_array_equal(np.asarray(state.frozen["captions"]["pooled"]),
+                                      task.caption_features()["pooled"])
+        history[shape] = []
+        for _ in range(2):
+            state, metrics = setup.run_step(state, next(batches))
+            history[shape].append({k: float(metrics[k]) for k in ("loss", "accuracy", "grad_norm")})
+    for got, want in zip(history[(2, 2, 2)], history[(1, 1, 1)]):
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=2e-5, err_msg=k)
