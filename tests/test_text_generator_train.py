@@ -112,3 +112,60 @@ def test_text_generator_step_same_on_a_sharded_mesh(token_dir, minilm):  # noqa:
     for got, want in zip(history[(2, 2, 2)], history[(1, 1, 1)]):
         for k in want:
             np.testing.assert_allclose(got[k], want[k], rtol=2e-5, err_msg=k)
+
+
+def test_text_conditioning_is_learned_and_follows_held_out_paraphrases(minilm):
+    """Tokens whose first id is 5 * label: 150 Adam steps of the task's loss (training captions,
+    null prefix at 0.1) make token 0 predictable from the caption, also from the held-out
+    paraphrases, and not from the null prefix (ln 10 = 2.30: ten classes)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from flextok_jax.generator import TextCondition
+    from flextok_jax.train.text_generator_task import TextGeneratorTask
+
+    c = common.text_generator_base_config(common.generator_model(
+        depth=2, num_classes=0, vocab_size=64, max_tokens=4, dim=64, num_heads=2, head_dim=32), max_text_tokens=SLOTS)
+    task = TextGeneratorTask(c, encoder=minilm)
+    gen, params = task.gen, task.gen.init(jax.random.key(0))
+    frozen = {"captions": {k: jnp.asarray(v) for k, v in task.caption_features().items()}}
+    tx = optax.adam(3e-3)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt, batch, rng):
+        grads = jax.grad(lambda p: task.loss(p, frozen, batch, rng)[0])(params)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), opt
+
+    data = np.random.default_rng(0)
+
+    def batch(n: int) -> dict:
+        labels = data.integers(0, 10, n).astype(np.int32)
+        tokens = data.integers(0, 64, (n, 4)).astype(np.int32)
+        tokens[:, 0] = 5 * labels
+        return {"tokens": jnp.asarray(tokens), "label": jnp.asarray(labels)}
+
+    for i in range(150):
+        params, opt = step(params, opt, batch(64), jax.random.key(i))
+    test = batch(200)
+
+    def first_token_loss(cond) -> float:
+        _, m = generator.next_token_loss(gen, params, cond, test["tokens"], jax.random.key(0), class_dropout=0.0)
+        return float(m["loss/pos_001"])
+
+    null = first_token_loss(TextCondition.null_prompts(200, gen.config))
+    results = {}
+    for name, templates in (("train", C.TRAIN_TEMPLATES[1:2]), ("held-out", C.HELD_OUT_TEMPLATES)):
+        captions, ids = C.caption_table(templates)
+        feats = C.caption_features(minilm, captions, SLOTS)
+        for j, template in enumerate(templates):
+            rows = ids[np.asarray(test["label"]), j]
+            cond = TextCondition(tokens=jnp.asarray(feats["tokens"][rows]), mask=jnp.asarray(feats["mask"][rows] > 0),
+                                 pooled=jnp.asarray(feats["pooled"][rows]), null=jnp.zeros(200, bool))
+            results[f"{name}: {template}"] = first_token_loss(cond)
+    print(f"first-token loss: null {null:.3f}, " + ", ".join(f"{k!r} {v:.3f}" for k, v in results.items()))
+    assert null > 0.9 * math.log(10), null
+    for name, loss in results.items():
+        assert loss < 0.1 * math.log(10), (name, loss)
