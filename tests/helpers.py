@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import tempfile
 
@@ -94,3 +95,32 @@ def losses(workdir: str | os.PathLike) -> dict[int, float]:
             row = json.loads(line)
             out[row["step"]] = row["loss"]
     return out
+
+
+# The token dataset of the generator-training tests: FSQ (8, 5, 5) = 200 ids, 8 tokens per image.
+VOCAB = 8 * 5 * 5
+N_TOKENS = 8
+
+
+def write_procedural_token_dataset(root: pathlib.Path) -> str:
+    """ROOT/tokens written by the command line (`flextok tokenize-dataset`): 96 procedural 32 px
+    images and their flips (192 records), tokenized by a random tiny tokenizer (N_TOKENS
+    registers, VOCAB ids). Returns the folder."""
+    from flextok_jax import FlexTok, FlexTokConfig, TransformerConfig, save_params
+
+    cfg = FlexTokConfig(
+        encoder=TransformerConfig(dim=32, depth=1, head_dim=16, mlp_ratio=2.0),
+        decoder=TransformerConfig(dim=32, depth=1, head_dim=16, mlp_ratio=2.0),
+        n_registers=N_TOKENS, fsq_levels=(8, 5, 5), latent_channels=3, patch_size=(8, 8), patch_grid=(4, 4),
+        vae=None, vae_scaling_factor=1.0, vae_shift_factor=0.0)
+    ckpt = root / "tokenizer.safetensors"
+    save_params(ckpt, FlexTok(cfg).init(jax.random.key(0)), cfg)
+    out = root / "tokens"
+    proc = subprocess.run(
+        [sys.executable, "-m", "flextok_jax.cli", "tokenize-dataset", "--checkpoint", str(ckpt),
+         "--source", "procedural", "--num_images", "96", "--image_size", "32", "--out", str(out),
+         "--augment", "flip", "--batch_size", "32", "--records_per_shard", "64"],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["records_written"] == 192
+    return str(out)

@@ -10,9 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from PIL import Image
 
-from flextok_jax import FlexTok, FlexTokConfig, TransformerConfig, cli, flow, save_params
+from flextok_jax import FlexTok, FlexTokConfig, TransformerConfig, flow
 from flextok_jax.model.flextok import mean_squared_distance
 from flextok_jax.train.tokenizer_task import sample_keep_k
 

@@ -31,8 +31,6 @@ def image_folder(tmp_path_factory, parity_io):
 
 @pytest.mark.parametrize("suffix", [".npz", ".array_record"])
 def test_tokenize_then_detokenize(tmp_path, parity_dir, parity_io, vae_json, image_folder, suffix, caplog):
-    from flextok_jax.params_io import load_checkpoint
-
     ckpt = str(parity_dir / "flextok_tiny.safetensors")
     out = tmp_path / f"tokens{suffix}"
     assert cli.main(["tokenize", "--checkpoint", ckpt, "--vae_config", str(vae_json),

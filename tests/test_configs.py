@@ -40,6 +40,10 @@ def test_config_builds(name):
         cfg = GeneratorConfig.from_dict(config.model.to_dict())
         assert cfg.dim == 64 * cfg.depth and cfg.num_heads == cfg.depth and cfg.vocab_size == 64000
         return
+    if config.task == "text_generator":
+        cfg = GeneratorConfig.from_dict(config.model.to_dict())
+        assert cfg.condition == "text" and cfg.text_dim == 384 and cfg.num_classes == 0
+        return
     model_config = from_configdict(config.model)
     assert model_config.image_size == (config.data.image_size,) * 2
     assert config.train.nested_dropout in ("uniform", "pow2")

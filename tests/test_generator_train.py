@@ -2,51 +2,26 @@
 kill-and-resume, and a loss that falls on a token dataset written by `flextok tokenize-dataset`."""
 from __future__ import annotations
 
-import json
 import math
 import os
-import subprocess
-import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
-from helpers import REPO, losses
+from helpers import N_TOKENS, VOCAB, losses, write_procedural_token_dataset
 
-from flextok_jax import FlexTok, FlexTokConfig, TransformerConfig, generator, save_params
+from flextok_jax import generator
 from flextok_jax.train import TrainSetup, train
 from flextok_jax.train import config as common
 from flextok_jax.train.generator_task import EXPORT_FILE
 
-VOCAB = 8 * 5 * 5  # FSQ (8, 5, 5): 200 ids
-N_TOKENS = 8
-
-
 @pytest.fixture(scope="module")
 def token_dir(tmp_path_factory):
-    """A token dataset written by the command line: 96 procedural 32 px images and their flips,
-    tokenized by a random tiny tokenizer (8 registers, 200 ids)."""
-    root = tmp_path_factory.mktemp("gen_tokens")
-    cfg = FlexTokConfig(
-        encoder=TransformerConfig(dim=32, depth=1, head_dim=16, mlp_ratio=2.0),
-        decoder=TransformerConfig(dim=32, depth=1, head_dim=16, mlp_ratio=2.0),
-        n_registers=N_TOKENS, fsq_levels=(8, 5, 5), latent_channels=3, patch_size=(8, 8), patch_grid=(4, 4),
-        vae=None, vae_scaling_factor=1.0, vae_shift_factor=0.0)
-    model = FlexTok(cfg)
-    ckpt = root / "tokenizer.safetensors"
-    save_params(ckpt, model.init(jax.random.key(0)), cfg)
-    out = root / "tokens"
-    proc = subprocess.run(
-        [sys.executable, "-m", "flextok_jax.cli", "tokenize-dataset", "--checkpoint", str(ckpt),
-         "--source", "procedural", "--num_images", "96", "--image_size", "32", "--out", str(out),
-         "--augment", "flip", "--batch_size", "32", "--records_per_shard", "64"],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["records_written"] == 192
-    return str(out)
+    return write_procedural_token_dataset(tmp_path_factory.mktemp("gen_tokens"))
 
 
-def generator_config(token_dir: str, **train) -> "ml_collections.ConfigDict":  # noqa: F821
+def generator_config(token_dir: str, **train) -> ml_collections.ConfigDict:
     """A tiny generator run over `token_dir`: depth 2, width 64, logging every step."""
     c = common.generator_base_config(common.generator_model(
         depth=2, num_classes=10, vocab_size=VOCAB, max_tokens=N_TOKENS, dim=64, num_heads=2, head_dim=32))

@@ -1,10 +1,11 @@
-"""Class-conditional autoregressive generator over FlexTok token ids.
+"""Autoregressive generator over FlexTok token ids, conditioned on a class or on text.
 
 ``Generator`` (model, teacher-forced logits, KV-cache pieces), ``generate`` / ``Generator.generate``
 (the one-program sampler), ``next_token_loss`` (for the training system), ``save_params`` /
 ``load_generator`` (safetensors files), ``generate_images`` (labels -> images via a FlexTok) and
-the size presets.
+the size presets. ``TextCondition`` is the condition of a text model (``condition='text'``).
 """
+from flextok_jax.generator.conditioning import TextCondition
 from flextok_jax.generator.config import AR_DEPTHS, GeneratorConfig, non_embedding_params, preset
 from flextok_jax.generator.images import generate_images
 from flextok_jax.generator.loss import drop_labels, eos_targets, next_token_loss, position_bands
@@ -18,6 +19,7 @@ __all__ = [
     "Generator",
     "PAD_TOKEN",
     "SCHEDULES",
+    "TextCondition",
     "drop_labels",
     "eos_targets",
     "generate",

@@ -1,4 +1,5 @@
-"""The architecture of a class-conditional autoregressive generator over FlexTok token ids."""
+"""The architecture of an autoregressive generator over FlexTok token ids, conditioned on a class
+label or on a text prompt (sentence-encoder features)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,11 +10,17 @@ import jax.numpy as jnp
 from flextok_jax.model.layers import mlp_hidden_dim
 
 DTYPES = ("float32", "bfloat16")
+CONDITIONS = ("class", "text")
 
 
 @dataclasses.dataclass(frozen=True)
 class GeneratorConfig:
-    """Decoder-only transformer over ``max_tokens`` FlexTok ids, conditioned on a class prefix.
+    """Decoder-only transformer over ``max_tokens`` FlexTok ids, conditioned on a prefix.
+
+    ``condition='class'``: the prefix is one class embedding (``num_classes`` rows + the null
+    row). ``condition='text'``: the prefix is ``max_text_tokens`` per-token text features and the
+    pooled text vector, each projected from ``text_dim`` to ``dim`` (see ``network``);
+    ``num_classes`` must be 0 (there is no class table).
 
     Attention is ``num_heads`` heads of ``head_dim`` (their width ``num_heads * head_dim`` equals
     ``dim`` in every preset, but need not). ``dtype`` is the computation dtype; parameters are
@@ -34,12 +41,23 @@ class GeneratorConfig:
     # One more id, ``eos_id`` = vocab_size, after an image's last token: the generator then
     # chooses each image's k (``generate(num_tokens=None)``).
     eos: bool = False
+    condition: str = "class"
+    # Text conditioning (condition='text'): the encoder's width (all-MiniLM-L6-v2: 384) and the
+    # number of per-token feature slots of the prefix (longer prompts are cut by the caller).
+    text_dim: int = 384
+    max_text_tokens: int = 32
 
     def __post_init__(self):
-        for name in ("vocab_size", "max_tokens", "num_classes", "depth", "dim", "num_heads", "head_dim"):
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"GeneratorConfig.condition must be one of {CONDITIONS}, got {self.condition!r}")
+        positive = ["vocab_size", "max_tokens", "depth", "dim", "num_heads", "head_dim", "text_dim", "max_text_tokens"]
+        for name in positive + (["num_classes"] if self.condition == "class" else []):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GeneratorConfig.{name} must be a positive int, got {value!r}")
+        if self.condition == "text" and self.num_classes != 0:
+            raise ValueError(f"GeneratorConfig.num_classes must be 0 for condition='text' (no class table), "
+                             f"got {self.num_classes!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"GeneratorConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
         if not self.mlp_ratio > 0:
@@ -63,6 +81,13 @@ class GeneratorConfig:
     def null_label(self) -> int:
         """The class-table row of the unconditional (classifier-free guidance) condition."""
         return self.num_classes
+
+    @property
+    def prefix_offset(self) -> int:
+        """Sequence positions before the one that predicts token 0: 0 for a class model (the
+        class is position 0), ``max_text_tokens`` for a text model (the text slots come first,
+        the pooled vector then sits where the class would)."""
+        return self.max_text_tokens if self.condition == "text" else 0
 
     @property
     def attn_dim(self) -> int:
@@ -95,7 +120,7 @@ class GeneratorConfig:
 
 def non_embedding_params(cfg: GeneratorConfig) -> int:
     """Parameters of the transformer blocks and the final norm: everything but the token, class
-    and position tables and the vocabulary head (the usual scaling-law count)."""
+    and position tables, the text projections and the vocabulary head (the usual scaling-law count)."""
     attn = 4 * cfg.dim * cfg.attn_dim + (2 * cfg.head_dim if cfg.qk_norm else 0)
     mlp = 3 * cfg.dim * cfg.mlp_dim
     return cfg.depth * (attn + mlp + 2 * cfg.dim) + cfg.dim
@@ -108,7 +133,8 @@ AR_DEPTHS = (10, 12, 16, 20, 24, 30)
 def preset(name: str, **overrides: Any) -> GeneratorConfig:
     """A named size: 'd10' .. 'd30' (depth L, dim 64 L, L heads; ImageNet-1k classes, the
     released 64,000-id FSQ vocabulary, 256 tokens) or 'tiny' (depth 2, dim 64, 2 heads of 32,
-    vocabulary 64,000, 16 tokens, 10 classes; for CPU tests and demos). ``overrides`` replace fields.
+    vocabulary 64,000, 16 tokens, 10 classes; for CPU tests and demos). ``overrides`` replace fields;
+    ``condition='text'`` drops the class table (num_classes 0).
     """
     if name == "tiny":
         base = dict(vocab_size=64000, max_tokens=16, num_classes=10, depth=2, dim=64, num_heads=2, head_dim=32)
@@ -117,4 +143,6 @@ def preset(name: str, **overrides: Any) -> GeneratorConfig:
         base = dict(vocab_size=64000, max_tokens=256, num_classes=1000, depth=depth, dim=64 * depth, num_heads=depth)
     else:
         raise ValueError(f"unknown generator preset {name!r}; expected 'tiny' or one of {[f'd{d}' for d in AR_DEPTHS]}")
+    if overrides.get("condition") == "text":
+        base["num_classes"] = 0
     return GeneratorConfig(**{**base, **overrides})

@@ -1,4 +1,5 @@
-"""Class labels -> images: sample FlexTok ids with the generator, decode them with the tokenizer."""
+"""Conditions (class labels or text) -> images: sample FlexTok ids with the generator, decode
+them with the tokenizer."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flextok_jax.generator.checks import check_labels, check_num_tokens
+from flextok_jax.generator.checks import check_num_tokens
+from flextok_jax.generator.conditioning import condition_batch
 from flextok_jax.generator.sampler import PAD_TOKEN
 
 
@@ -16,7 +18,7 @@ def generate_images(
     params: Any,
     tokenizer: Any,
     tok_params: Any,
-    labels: Any,
+    cond: Any,
     num_tokens: Any,
     cfg_scale: float = 1.0,
     temperature: float = 1.0,
@@ -29,7 +31,8 @@ def generate_images(
     decode_rng: jax.Array | None = None,
     **detokenize_kwargs: Any,
 ) -> jax.Array:
-    """labels int [B] -> float32 images [B, H, W, 3] (the tokenizer's range, not clipped).
+    """cond (labels int [B], or a text condition of B rows) -> float32 images [B, H, W, 3] (the
+    tokenizer's range, not clipped).
 
     ``num_tokens``: one int or an int array [B] (image b is decoded from its first k[b] ids),
     or None for a generator with EOS (each image decoded at the length it stopped at).
@@ -42,13 +45,12 @@ def generate_images(
         raise ValueError(f"generator vocab_size {gen.config.vocab_size} != tokenizer vocab_size {tcfg.vocab_size}")
     if gen.config.max_tokens > tcfg.n_registers:
         raise ValueError(f"generator max_tokens {gen.config.max_tokens} > tokenizer n_registers {tcfg.n_registers}")
-    check_labels(gen.config, labels)
     if num_tokens is None:
-        tokens, ks = gen.generate(params, labels, None, cfg_scale, temperature, top_k, top_p, rng, guidance_schedule)
+        tokens, ks = gen.generate(params, cond, None, cfg_scale, temperature, top_k, top_p, rng, guidance_schedule)
         ks = np.asarray(ks)
     else:
-        ks = check_num_tokens(gen.config, num_tokens, len(labels))
-        tokens = gen.generate(params, labels, num_tokens, cfg_scale, temperature, top_k, top_p, rng, guidance_schedule)
+        ks = check_num_tokens(gen.config, num_tokens, condition_batch(gen.config, cond))
+        tokens = gen.generate(params, cond, num_tokens, cfg_scale, temperature, top_k, top_p, rng, guidance_schedule)
     # Pads sit at positions >= k, which keep_k masks out; any valid id stands in for them.
     tokens = np.where(np.asarray(tokens) == PAD_TOKEN, 0, np.asarray(tokens))
     images = tokenizer.detokenize(

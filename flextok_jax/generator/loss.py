@@ -1,4 +1,4 @@
-"""Next-token cross-entropy of the generator, with class dropout for classifier-free guidance."""
+"""Next-token cross-entropy of the generator, with condition dropout for classifier-free guidance."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,6 +6,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+
+from flextok_jax.generator.conditioning import drop_condition, prepare_condition
 
 
 def position_bands(num_positions: int) -> list[tuple[int, int]]:
@@ -48,20 +50,21 @@ def eos_targets(tokens: jax.Array, lengths: jax.Array, eos_id: int) -> tuple[jax
 def next_token_loss(
     gen: Any,
     params: Any,
-    labels: jax.Array,
+    cond: Any,
     tokens: jax.Array,
     rng: jax.Array,
     class_dropout: float = 0.1,
     weights: jax.Array | None = None,
     lengths: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Mean next-token cross-entropy: labels int32 [B], tokens int32 [B, T] -> (scalar float32
-    loss, metrics of float32 scalars).
+    """Mean next-token cross-entropy: cond (labels int32 [B], or a text condition of B rows),
+    tokens int32 [B, T] -> (scalar float32 loss, metrics of float32 scalars).
 
-    With probability ``class_dropout`` an image's label becomes the null row (``rng`` draws it).
+    With probability ``class_dropout`` an image's condition becomes the null one (the null
+    class row, or the learned null text prefix; ``rng`` draws it).
     ``weights`` float [B, T] (e.g. a 0/1 mask for variable-length sequences) weights each
     position's loss; the mean is then sum(w * ce) / sum(w). Metrics: ``loss``, ``accuracy``
-    (argmax == target, same weighting), ``null_label_fraction`` (labels that are the null row after dropout) and
+    (argmax == target, same weighting), ``null_label_fraction`` (rows whose condition is the null one after dropout) and
     ``loss/pos_...`` per band of positions (``position_bands``).
     ``lengths`` int [B] in [1, T] (a model with ``config.eos``): image b is its first lengths[b]
     tokens followed by EOS (``eos_targets``); its 0/1 mask multiplies ``weights``.
@@ -69,8 +72,8 @@ def next_token_loss(
     if lengths is not None:
         tokens, length_weights = eos_targets(tokens, lengths, gen.config.eos_id)
         weights = length_weights if weights is None else length_weights * jnp.asarray(weights, jnp.float32)
-    labels = drop_labels(labels, rng, class_dropout, gen.config.null_label)
-    logits = gen.logits(params, labels, tokens)
+    cond, is_null = drop_condition(gen.config, prepare_condition(gen.config, cond), rng, class_dropout)
+    logits = gen.logits(params, cond, tokens)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)  # [B, T] float32
     correct = (jnp.argmax(logits, axis=-1) == tokens).astype(jnp.float32)
     w = jnp.ones(ce.shape, jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
@@ -82,7 +85,7 @@ def next_token_loss(
     metrics = {
         "loss": loss,
         "accuracy": mean(correct, w),
-        "null_label_fraction": jnp.mean((labels == gen.config.null_label).astype(jnp.float32)),
+        "null_label_fraction": jnp.mean(is_null.astype(jnp.float32)),
     }
     for lo, hi in position_bands(tokens.shape[1]):  # a band cut short by T averages what it has
         metrics[band_name(lo, hi)] = mean(ce[:, lo - 1 : hi], w[:, lo - 1 : hi])

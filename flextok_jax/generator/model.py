@@ -1,5 +1,9 @@
 """``Generator``: parameters, teacher-forced logits and the KV-cache pieces of the AR generator.
 
+``cond`` everywhere is what the model is conditioned on: int labels [B] for a class model
+(``config.condition == 'class'``), a ``TextCondition`` / ``text.TextFeatures`` for a text model
+(shapes in ``flextok_jax.generator.conditioning``).
+
 Parameters are a plain pytree (the contents of the linen ``params`` collection of
 ``GeneratorNet``); ``Generator`` holds only the architecture.
 """
@@ -13,17 +17,19 @@ import jax
 import jax.numpy as jnp
 
 from flextok_jax.generator import sampler
-from flextok_jax.generator.checks import check_labels, check_tokens, is_concrete
+from flextok_jax.generator.checks import check_tokens, is_concrete
+from flextok_jax.generator.conditioning import TextCondition, condition_batch, prepare_condition
 from flextok_jax.generator.config import GeneratorConfig
-from flextok_jax.generator.network import Cache, GeneratorNet
+from flextok_jax.generator.network import Cache, GeneratorNet, TextCache
 
 Params = dict[str, Any]
 
 
 class Generator:
-    """Class-conditional autoregressive generator over FlexTok token ids.
+    """Autoregressive generator over FlexTok token ids, class- or text-conditional.
 
-    ``labels == config.num_classes`` selects the null (unconditional) class row.
+    Class models: ``labels == config.num_classes`` selects the null (unconditional) class row.
+    Text models: ``TextCondition.null`` (or ``TextCondition.null_prompts``) selects the null prefix.
     """
 
     def __init__(self, config: GeneratorConfig):
@@ -34,7 +40,11 @@ class Generator:
     def init_boxed(self, rng: jax.Array) -> Params:
         """Random parameters, still in ``nn.LogicallyPartitioned`` boxes (for sharded init)."""
         # Two positions, so the token table is used (and created) too.
-        return self.net.init(rng, jnp.zeros((1,), jnp.int32), jnp.zeros((1, 2), jnp.int32))["params"]
+        if self.config.condition == "class":
+            cond = jnp.zeros((1,), jnp.int32)
+        else:
+            cond = prepare_condition(self.config, TextCondition.null_prompts(1, self.config))
+        return self.net.init(rng, cond, jnp.zeros((1, 2), jnp.int32))["params"]
 
     def init(self, rng: jax.Array) -> Params:
         """Random parameters as a plain pytree (the head is zero, as in training)."""
@@ -50,43 +60,55 @@ class Generator:
         return nn.get_partition_spec(jax.eval_shape(self.init_boxed, jax.random.key(0)))
 
     # ------------------------------------------------------------------ forward
-    def logits(self, params: Params, labels: jax.Array, tokens: jax.Array) -> jax.Array:
-        """Teacher-forced logits: labels int [B], tokens int [B, T] -> float32 [B, T, V];
-        logits[:, t] is the distribution of tokens[:, t] given the class and tokens[:, :t].
+    def logits(self, params: Params, cond: Any, tokens: jax.Array) -> jax.Array:
+        """Teacher-forced logits: cond (labels int [B] or a text condition), tokens int [B, T]
+        -> float32 [B, T, V]; logits[:, t] is the distribution of tokens[:, t] given the
+        condition and tokens[:, :t].
 
         Concrete inputs are validated and run through a cached jit; traced inputs (inside the
         caller's jit, e.g. a train step under mesh rules) are traced inline, so the caller's
         logical rules reach the activation constraints.
         """
-        check_labels(self.config, labels)
-        check_tokens(self.config, tokens, len(labels))
-        if is_concrete(params, labels, tokens):
-            return self._logits_jit(params, jnp.asarray(labels, jnp.int32), jnp.asarray(tokens, jnp.int32))
-        return self.net.apply({"params": params}, labels, tokens)
+        batch = condition_batch(self.config, cond)
+        check_tokens(self.config, tokens, batch)
+        cond = prepare_condition(self.config, cond)
+        if is_concrete(params, tokens, *jax.tree.leaves(cond)):
+            return self._logits_jit(params, cond, jnp.asarray(tokens, jnp.int32))
+        return self.net.apply({"params": params}, cond, tokens)
 
     @functools.partial(jax.jit, static_argnums=(0,))
-    def _logits_jit(self, params: Params, labels: jax.Array, tokens: jax.Array) -> jax.Array:
-        return self.net.apply({"params": params}, labels, tokens)
+    def _logits_jit(self, params: Params, cond: Any, tokens: jax.Array) -> jax.Array:
+        return self.net.apply({"params": params}, cond, tokens)
 
-    def init_cache(self, rows: int, length: int) -> Cache:
-        """An empty KV cache: per layer (k, v), each [rows, heads, length, head_dim]."""
+    def cache_length(self, max_k: int) -> int:
+        """Cache positions a sampler of ``max_k`` tokens needs: the prefix and tokens 0 .. max_k - 2
+        as inputs (max_k for a class model, max_text_tokens + max_k for a text model)."""
+        return self.config.prefix_offset + max_k
+
+    def init_cache(self, rows: int, length: int) -> Cache | TextCache:
+        """An empty KV cache: per layer (k, v), each [rows, heads, length, head_dim] (a text
+        model: a ``TextCache`` of those and an all-False key mask [rows, length])."""
         cfg = self.config
         shape = (rows, cfg.num_heads, length, cfg.head_dim)
-        return tuple((jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype)) for _ in range(cfg.depth))
+        layers = tuple((jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype)) for _ in range(cfg.depth))
+        if cfg.condition == "class":
+            return layers
+        return TextCache(layers=layers, key_mask=jnp.zeros((rows, length), bool))
 
-    def prefill(self, params: Params, labels: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
-        """labels [N] at position 0 -> (float32 logits [N, V] of token 0, cache)."""
-        return self.net.apply({"params": params}, labels, cache, method=GeneratorNet.prefill)
+    def prefill(self, params: Params, cond: Any, cache: Cache | TextCache) -> tuple[jax.Array, Cache | TextCache]:
+        """The canonical condition prefix (``prepare_condition``) of N rows into an empty cache
+        -> (float32 logits [N, V] of token 0, cache)."""
+        return self.net.apply({"params": params}, cond, cache, method=GeneratorNet.prefill)
 
-    def decode(self, params: Params, prev_tokens: jax.Array, pos: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
-        """prev_tokens [N] (token pos - 1) at position pos -> (float32 logits [N, V] of token pos, cache)."""
+    def decode(self, params: Params, prev_tokens: jax.Array, pos: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
+        """prev_tokens [N] (token pos - 1) at token position pos -> (float32 logits [N, V] of token pos, cache)."""
         return self.net.apply({"params": params}, prev_tokens, pos, cache, method=GeneratorNet.decode)
 
     # ------------------------------------------------------------------ sampling
     def generate(
         self,
         params: Params,
-        labels: Any,
+        cond: Any,
         num_tokens: Any = None,
         cfg_scale: float = 1.0,
         temperature: float = 1.0,
@@ -96,9 +118,10 @@ class Generator:
         guidance_schedule: str = "constant",
         return_logits: bool = False,
     ) -> Any:
-        """Sample token ids (``num_tokens=None``: until EOS, also returning the lengths); see
+        """Sample token ids for ``cond`` (labels [B] or a text condition); ``num_tokens=None``
+        samples until EOS and also returns the lengths; see
         ``flextok_jax.generator.sampler.generate``."""
         return sampler.generate(
-            self, params, labels, num_tokens, cfg_scale, temperature, top_k, top_p, rng,
+            self, params, cond, num_tokens, cfg_scale, temperature, top_k, top_p, rng,
             guidance_schedule, return_logits,
         )

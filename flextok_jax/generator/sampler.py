@@ -1,18 +1,19 @@
 """Sampling token ids from a ``Generator``: one compiled program per (batch, max_k, mode).
 
-The cached program prefills the class position into a static KV cache ([2B or B, heads,
-max_k, head_dim] per layer, see ``network``) and runs every further position inside one
-``lax.fori_loop``; the cache is part of the loop state, so XLA writes each new position in place.
-With ``num_tokens=None`` (a generator with EOS) the loop is a ``lax.while_loop`` that ends once
-every image of the batch has drawn EOS, or at max_tokens.
-Classifier-free guidance doubles the batch (rows B..2B-1 carry the null class) and combines the
-two halves as u + s (c - u) in float32 inside the program.
+The cached program prefills the condition prefix into a static KV cache ([2B or B, heads,
+O + max_k, head_dim] per layer, O = ``config.prefix_offset``: 0 for a class model,
+``max_text_tokens`` for a text model; see ``network``) and runs every further position inside
+one ``lax.fori_loop``; the cache is part of the loop state, so XLA writes each new position in
+place. With ``num_tokens=None`` (a generator with EOS) the loop is a ``lax.while_loop`` that ends
+once every image of the batch has drawn EOS, or at max_tokens. Classifier-free guidance doubles
+the batch (rows B..2B-1 carry the null class, or the null text prefix) and combines the two
+halves as u + s (c - u) in float32 inside the program.
 
 Randomness: image b draws position i with ``fold_in(keys[b], i)``, where ``keys`` is
 ``jax.random.split(rng, B)`` for a single key ``rng`` or ``rng`` itself when it is a key
 array [B]. An image's tokens therefore depend only on its own key, label and k, never on the
 rest of the batch: ``generate(labels[b:b+1], num_tokens=k[b], rng=keys[b:b+1])`` gives row b
-of a batched call.
+of a batched call (``cond.rows(slice(b, b + 1))`` for a text condition).
 
 Compilation is keyed on shapes and modes only: (batch, max_k, guidance on/off, filtering
 on/off, guidance schedule, return_logits). cfg_scale, temperature, top_k and top_p are traced
@@ -28,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flextok_jax.generator.checks import check_labels, check_num_tokens, check_sampling
+from flextok_jax.generator.checks import check_num_tokens, check_sampling
+from flextok_jax.generator.conditioning import concat_conditions, condition_batch, null_condition, prepare_condition
 
 # Written at positions >= k of an image whose k is below the batch's largest (or that ended
 # with EOS before the batch's longest).
@@ -104,17 +106,18 @@ def kv_cache_bytes(gen: Any, batch: int, max_k: int, use_guidance: bool) -> int:
     """Bytes of the sampler's KV cache for ``batch`` images and ``max_k`` positions."""
     cfg = gen.config
     rows = 2 * batch if use_guidance else batch
-    return cfg.depth * 2 * rows * cfg.num_heads * max_k * cfg.head_dim * cfg.compute_dtype.itemsize
+    length = gen.cache_length(max_k)
+    return cfg.depth * 2 * rows * cfg.num_heads * length * cfg.head_dim * cfg.compute_dtype.itemsize
 
 
-# logits_at(params, labels_all [N], tokens_all [N, max_k], i, state) -> (float32 [N, V], state)
+# logits_at(params, cond_all (N rows), tokens_all [N, max_k], i, state) -> (float32 [N, V], state)
 LogitsAt = Callable[[Any, jax.Array, jax.Array, Any, Any], tuple[jax.Array, Any]]
 
 
 def _cached_logits_at(gen: Any) -> LogitsAt:
-    def logits_at(params, labels, tokens, i, cache):
+    def logits_at(params, cond, tokens, i, cache):
         if isinstance(i, int) and i == 0:
-            return gen.prefill(params, labels, cache)
+            return gen.prefill(params, cond, cache)
         prev = jax.lax.dynamic_index_in_dim(tokens, i - 1, axis=1, keepdims=False)
         return gen.decode(params, prev, i, cache)
 
@@ -124,8 +127,8 @@ def _cached_logits_at(gen: Any) -> LogitsAt:
 def _uncached_logits_at(gen: Any) -> LogitsAt:
     # The whole teacher-forced forward over the [N, max_k] buffer; causality makes the
     # not-yet-sampled tail irrelevant to position i.
-    def logits_at(params, labels, tokens, i, state):
-        logits = gen.net.apply({"params": params}, labels, tokens)
+    def logits_at(params, cond, tokens, i, state):
+        logits = gen.net.apply({"params": params}, cond, tokens)
         return jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False), state
 
     return logits_at
@@ -145,22 +148,22 @@ def mask_eos(gen: Any, logits: jax.Array, allow: jax.Array | bool) -> jax.Array:
     static_argnames=("gen", "max_k", "use_guidance", "use_filter", "schedule", "return_logits", "cached", "until_eos"),
 )
 def _program(
-    params, labels, keys, ks, cfg_scale, temperature, top_k, top_p,
+    params, cond, keys, ks, cfg_scale, temperature, top_k, top_p,
     *, gen, max_k, use_guidance, use_filter, schedule, return_logits, cached, until_eos=False,
 ):
     """-> (tokens int32 [B, max_k] with PAD_TOKEN at positions >= length, lengths int32 [B],
     logits [B, max_k, num_ids] or None). ``until_eos``: each image ends at its first EOS (its
     length is that position; at most max_k) and the loop stops once all have; else at ks."""
-    b = labels.shape[0]
+    b = keys.shape[0]
     vocab = gen.config.num_ids
-    rows_labels = jnp.concatenate([labels, jnp.full_like(labels, gen.config.null_label)]) if use_guidance else labels
+    rows_cond = concat_conditions(cond, null_condition(gen.config, cond)) if use_guidance else cond
     logits_at = _cached_logits_at(gen) if cached else _uncached_logits_at(gen)
-    state = gen.init_cache(rows_labels.shape[0], max_k) if cached else None
+    state = gen.init_cache(2 * b if use_guidance else b, gen.cache_length(max_k)) if cached else None
 
     def step(i, carry):
         tokens, state, record, lengths = carry
         rows_tokens = jnp.concatenate([tokens, tokens]) if use_guidance else tokens
-        raw, state = logits_at(params, rows_labels, rows_tokens, i, state)
+        raw, state = logits_at(params, rows_cond, rows_tokens, i, state)
         if use_guidance:
             logits = combine_guidance(raw[:b], raw[b:], guidance_scales(cfg_scale, schedule, i, ks))
         else:
@@ -182,11 +185,11 @@ def _program(
     carry = step(0, (tokens, state, record, lengths))
     if until_eos:
         # (i, carry) until every image has drawn EOS or position max_k is reached.
-        def cond(loop):
+        def running(loop):
             i, (_, _, _, lengths) = loop
             return (i < max_k) & jnp.any(lengths == max_k)
 
-        _, carry = jax.lax.while_loop(cond, lambda loop: (loop[0] + 1, step(loop[0], loop[1])), (jnp.int32(1), carry))
+        _, carry = jax.lax.while_loop(running, lambda loop: (loop[0] + 1, step(loop[0], loop[1])), (jnp.int32(1), carry))
     else:
         carry = jax.lax.fori_loop(1, max_k, step, carry)
     tokens, _, record, lengths = carry
@@ -197,7 +200,7 @@ def _program(
 def generate(
     gen: Any,
     params: Any,
-    labels: Any,
+    cond: Any,
     num_tokens: Any,
     cfg_scale: float = 1.0,
     temperature: float = 1.0,
@@ -208,8 +211,9 @@ def generate(
     return_logits: bool = False,
     cached: bool = True,
 ) -> Any:
-    """Sample token ids: labels int [B] (num_classes = null) -> int32 [B, k] for an int k, or
-    [B, max(k)] for an int array k [B] with ``PAD_TOKEN`` at positions >= k[b].
+    """Sample token ids: cond (labels int [B], num_classes = null; or a text condition of B
+    rows, see ``conditioning``) -> int32 [B, k] for an int k, or [B, max(k)] for an int array
+    k [B] with ``PAD_TOKEN`` at positions >= k[b].
 
     ``num_tokens=None`` (a model with ``config.eos``): each image ends where it draws EOS (never
     before its first token), or at max_tokens; returns (tokens int32 [B, max(lengths)] with
@@ -225,8 +229,7 @@ def generate(
     instead of using a KV cache (the reference and the benchmark's comparison).
     """
     cfg = gen.config
-    check_labels(cfg, labels)
-    b = len(labels)
+    b = condition_batch(cfg, cond)
     until_eos = num_tokens is None
     if until_eos and not cfg.eos:
         raise ValueError("num_tokens=None samples until EOS, but this generator has none (GeneratorConfig.eos=False)")
@@ -236,7 +239,7 @@ def generate(
         raise ValueError(f"guidance_schedule must be one of {SCHEDULES}, got {guidance_schedule!r}")
     tokens, lengths, record = _program(
         params,
-        jnp.asarray(labels, jnp.int32),
+        prepare_condition(cfg, cond),
         per_image_keys(rng, b),
         jnp.asarray(ks),
         jnp.float32(cfg_scale),

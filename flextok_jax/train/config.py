@@ -210,6 +210,21 @@ def generator_base_config(model: ml_collections.ConfigDict) -> ml_collections.Co
     return c
 
 
+def text_generator_base_config(model: ml_collections.ConfigDict, text_dim: int = 384,
+                               max_text_tokens: int = 32) -> ml_collections.ConfigDict:
+    """``generator_base_config`` for task='text_generator' (captioned Fashion-MNIST tokens):
+    ``model`` becomes a text model (condition 'text', no class table, MiniLM's 384-wide
+    features in ``max_text_tokens`` slots); ``train.class_dropout`` is the null-prefix rate."""
+    model = ml_collections.ConfigDict(model.to_dict())
+    model.num_classes = 0
+    model.condition = "text"
+    model.text_dim = text_dim
+    model.max_text_tokens = max_text_tokens
+    c = generator_base_config(model)
+    c.task = "text_generator"
+    return c
+
+
 LAUNCH_DOC = """{title}
 
 Launch (one host; multi-host: the same command on every host, with JAX's distributed env vars set):

@@ -44,8 +44,15 @@ def _generator_task(config: ml_collections.ConfigDict) -> Task:
     return GeneratorTask(config)
 
 
+def _text_generator_task(config: ml_collections.ConfigDict) -> Task:
+    from flextok_jax.train.text_generator_task import TextGeneratorTask
+
+    return TextGeneratorTask(config)
+
+
 register_task("tokenizer", _tokenizer_task)
 register_task("generator", _generator_task)
+register_task("text_generator", _text_generator_task)
 
 
 def make_task(config: ml_collections.ConfigDict) -> Task:
