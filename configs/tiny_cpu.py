@@ -21,6 +21,10 @@ from flextok_jax.train import config as common
 def get_config():
     c = common.base_config()
     c.model = common.tiny_tokenizer_model()
+    # Width 128 (4 heads of 32) instead of 64: reconstruction accuracy at k=16 doubles (30% -> 60%
+    # on 300 test images, guidance 3) for about 1.5x the tokenizer's training time.
+    c.model.encoder.dim = 128
+    c.model.decoder.dim = 128
     c.data.source = "fashion_mnist"
     c.data.image_size = 32
     c.data.random_crop = False
