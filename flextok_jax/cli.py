@@ -46,7 +46,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 from tqdm import tqdm
 
-from flextok_jax.data.factory import SOURCES, get_source
+from flextok_jax.data.factory import add_source_arguments, get_source
 from flextok_jax.data.image_folder import IMAGE_EXTENSIONS, image_files
 from flextok_jax.data.skips import is_skipped
 from flextok_jax.data.token_dataset import DEFAULT_RECORDS_PER_SHARD, tokenize_dataset
@@ -330,11 +330,7 @@ def add_tokenize_dataset_parser(sub: Any) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--vae_config", help="diffusers config.json of a non-standard VAE (official checkpoints)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--source", required=True, choices=SOURCES)
-    p.add_argument("--split", help="fashion_mnist: train|test; image_folder: tfds slice; tfds: required")
-    p.add_argument("--folder", help="image_folder: the folder of images")
-    p.add_argument("--data_dir", help="image_folder / tfds: the tfds data_dir")
-    p.add_argument("--name", help="tfds: dataset name")
+    add_source_arguments(p)
     p.add_argument("--num_images", type=int, default=1024, help="procedural: number of pictures")
     p.add_argument("--seed", type=int, default=0, help="procedural: picture seed")
     p.add_argument("--image_size", type=int, required=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +15,18 @@ from flextok_jax.data.procedural import ProceduralImageSource
 from flextok_jax.data.tfds_sources import tfds_source
 
 SOURCES = ("procedural", "fashion_mnist", "image_folder", "tfds")
+# The command-line flags that name a source (``add_source_arguments``) = ``get_source`` fields.
+SOURCE_FLAGS = ("source", "split", "folder", "data_dir", "name")
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """--source / --split / --folder / --data_dir / --name on ``parser`` (the commands that read
+    a training or evaluation source share them)."""
+    parser.add_argument("--source", required=required, choices=SOURCES)
+    parser.add_argument("--split", help="fashion_mnist: train|test; image_folder: tfds slice; tfds: required")
+    parser.add_argument("--folder", help="image_folder: the folder of images")
+    parser.add_argument("--data_dir", help="image_folder / tfds: the tfds data_dir")
+    parser.add_argument("--name", help="tfds: dataset name")
 
 
 def _require(config: ml_collections.ConfigDict, field: str) -> Any:

@@ -18,20 +18,19 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 import ml_collections
 
-from flextok_jax.data.factory import SOURCES, get_source
+from flextok_jax.data.factory import SOURCE_FLAGS, add_source_arguments, get_source
 from flextok_jax.evaluate import runner
 from flextok_jax.evaluate.features import NETWORKS, FeatureNetwork, get_network
 from flextok_jax.evaluate.reference_batch import load_reference_stats
 from flextok_jax.generator import load_generator
 from flextok_jax.params_io import load_checkpoint
 
-_SOURCE_FIELDS = ("source", "split", "folder", "data_dir", "name")
 
 
 def data_config(args: argparse.Namespace, num_images: int, image_size: int) -> ml_collections.ConfigDict:
     """The ``data.get_source`` config of the command's source flags. Fashion-MNIST defaults to its
     held-out test split; the procedural source makes ``num_images`` pictures."""
-    data = {f: getattr(args, f) for f in _SOURCE_FIELDS}
+    data = {f: getattr(args, f) for f in SOURCE_FLAGS}
     data["seed"] = args.source_seed
     if data["source"] == "fashion_mnist" and not data["split"]:
         data["split"] = "test"
@@ -65,11 +64,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _source_flags(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--source", required=required, choices=SOURCES)
-    p.add_argument("--split", help="fashion_mnist: train|test (default test); image_folder: tfds slice; tfds: required")
-    p.add_argument("--folder", help="image_folder: the folder of images")
-    p.add_argument("--data_dir", help="image_folder / tfds: the tfds data_dir")
-    p.add_argument("--name", help="tfds: dataset name")
+    add_source_arguments(p, required)  # fashion_mnist defaults to its test split here (data_config)
     p.add_argument("--source_seed", type=int, default=0, help="procedural: picture seed")
 
 
