@@ -46,8 +46,6 @@ def get_config():
     c.log.every_steps = 10
     c.log.grid_every_steps = 1_000
     c.log.grid_sample_steps = 10
-    # 10 Euler steps score as well as 25 or 50 (measured on 300 test images) at 2.5x less time.
-    c.eval.num_steps = 10
     # Decoder guidance for the pictures and scores (the tokenizer trains with guidance dropout 0.1).
     c.eval.guidance_scale = 3.0
 
@@ -65,5 +63,4 @@ def get_config():
     c.stage2 = common.stage2_defaults(g)
     c.stage2.enabled = True
     c.stage2.classifier_steps = 1_400
-    c.stage2.decode_steps = 10
     return c
