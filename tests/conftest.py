@@ -41,3 +41,14 @@ def tiny(parity_dir, parity_io):
     return flextok_jax.load_official_checkpoint(
         parity_dir / "flextok_tiny.safetensors", vae_config=fixture_vae_config(parity_io)
     )
+
+
+# The longest files first: with `-n 2 --dist loadfile` each file runs on one worker, and a long
+# file scheduled last (the main-job test) would run alone while the other worker idles.
+_LONG_FIRST = ("test_main_job.py", "test_notebook.py", "test_train_step.py", "test_train_multiprocess.py",
+               "test_train_checkpoint.py", "test_text_generator_train.py", "test_dinov2.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(_LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise

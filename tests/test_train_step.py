@@ -37,9 +37,10 @@ def test_train_step_same_on_every_mesh():
             np.testing.assert_allclose(metrics[k], ref_metrics[k], rtol=1e-5, err_msg=f"{k} on mesh {shape}")
         for path, a, b in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(params),
                               jax.tree.leaves(ref_params)):
-            # 1e-5 of each leaf's scale, plus 1e-4 of one update (zero-initialised leaves hold
-            # nothing but the update, whose gradient carries the meshes' rounding differences).
-            atol = 1e-5 * float(np.max(np.abs(b))) + 1e-4 * config.optimizer.lr
+            # 1e-5 of each leaf's scale, plus 1e-3 of one update (zero-initialised leaves hold
+            # nothing but the update, whose gradient carries the meshes' rounding differences;
+            # measured up to 2e-4 of an update, one adaLN entry of the width-128 tiny model).
+            atol = 1e-5 * float(np.max(np.abs(b))) + 1e-3 * config.optimizer.lr
             np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=f"{path[0]} on mesh {shape}")
 
 
