@@ -50,15 +50,11 @@ def class_samples(gen: generator.Generator, gparams: Any, tokenizer: Any, tparam
     every class (class-major), each decoded from its first k generated tokens. The tokens for all
     k come from one generation of max(ks) tokens per image, so column k is a prefix of column 2k;
     ``guidance_scale`` is the tokenizer decoder's (``s2.cfg_scale`` the generator's)."""
-    c = gen.config.num_classes
-    labels = np.repeat(np.arange(c, dtype=np.int32), per_class)
-    tokens = np.asarray(gen.generate(gparams, labels, num_tokens=max(ks), cfg_scale=float(s2.cfg_scale),
-                                     temperature=float(s2.temperature), top_k=int(s2.top_k), top_p=float(s2.top_p),
-                                     rng=jax.random.key(seed)))
-    noise = jax.random.normal(jax.random.key(seed + 1), (len(labels),) + tokenizer.latent_shape)
-    out = [tokenizer.detokenize(tparams, tokens, keep_k=k, num_steps=int(s2.decode_steps), noise=noise,
-                                guidance_scale=guidance_scale) for k in ks]
-    return np.stack([np.asarray(x) for x in out])
+    labels = np.repeat(np.arange(gen.config.num_classes, dtype=np.int32), per_class)
+    return generator.generate_images_by_k(
+        gen, gparams, tokenizer, tparams, labels, ks, cfg_scale=float(s2.cfg_scale), temperature=float(s2.temperature),
+        top_k=int(s2.top_k), top_p=float(s2.top_p), rng=jax.random.key(seed), num_steps=int(s2.decode_steps),
+        guidance_scale=guidance_scale, decode_rng=jax.random.key(seed + 1))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:

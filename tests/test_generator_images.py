@@ -36,6 +36,20 @@ def test_generate_images_decodes_the_sampled_tokens_with_their_k(models):
     assert np.abs(np.asarray(all16[0]) - np.asarray(images[0])).max() > 1e-3
 
 
+def test_images_by_k_equal_one_generation_per_k(models):
+    """One generation of max(ks) tokens, decoded per prefix, equals generating each k on its own
+    (with top-k and temperature, so a wrong key per position would show)."""
+    gen, params, tokenizer, tok_params = models
+    labels, ks = jnp.array([1, 4, 10]), [1, 4, 16]
+    kwargs = dict(cfg_scale=2.5, temperature=0.8, top_k=50, rng=jax.random.key(7), num_steps=2,
+                  decode_rng=jax.random.key(8))
+    by_k = generator.generate_images_by_k(gen, params, tokenizer, tok_params, labels, ks, **kwargs)
+    assert by_k.shape == (3, 3, *tokenizer.config.image_size, 3)
+    for i, k in enumerate(ks):
+        one = generator.generate_images(gen, params, tokenizer, tok_params, labels, k, **kwargs)
+        np.testing.assert_allclose(by_k[i], np.asarray(one), rtol=0, atol=1e-6, err_msg=f"k={k}")
+
+
 def test_generate_images_rejects_a_mismatched_tokenizer(models):
     _, _, tokenizer, tok_params = models
     gen = generator.Generator(generator.preset("tiny", vocab_size=16))

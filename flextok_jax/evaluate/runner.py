@@ -36,7 +36,7 @@ from flextok_jax.evaluate.fid import FeatureStats, StatsAccumulator, stats_dista
 from flextok_jax.evaluate.inception_score import inception_score
 from flextok_jax.evaluate.precision_recall import precision_recall
 from flextok_jax.evaluate.reconstruct import reconstruct_by_k
-from flextok_jax.generator.images import generate_images
+from flextok_jax.generator.images import generate_images_by_k
 from flextok_jax.model.flextok import token_budgets
 
 REAL = "real"
@@ -414,12 +414,16 @@ def run_gfid(
             rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), shard), j)
             gen_rng, decode_rng = jax.random.split(rng)
             out = {}
-            for (k, s), n in zip(pairs, names):
-                if n in missing:
-                    images = generate_images(gen, gparams, tokenizer, params, labels, k, cfg_scale=s,
-                                             temperature=temperature, top_k=top_k, top_p=top_p, rng=gen_rng,
-                                             num_steps=num_steps, guidance_scale=guidance_scale, decode_rng=decode_rng)
-                    out[n] = _on_mesh(np.clip(np.asarray(images), -1.0, 1.0), mesh)
+            for s in scales:  # one generation per scale; each k decodes its prefix
+                wanted = [(k, n) for (k, s_), n in zip(pairs, names) if s_ == s and n in missing]
+                if not wanted:
+                    continue
+                images = generate_images_by_k(gen, gparams, tokenizer, params, labels, [k for k, _ in wanted],
+                                              cfg_scale=s, temperature=temperature, top_k=top_k, top_p=top_p,
+                                              rng=gen_rng, num_steps=num_steps, guidance_scale=guidance_scale,
+                                              decode_rng=decode_rng)
+                for (_, n), x in zip(wanted, images):
+                    out[n] = _on_mesh(np.clip(x, -1.0, 1.0), mesh)
             yield out, min(batch_size, hi - start)
 
     work = compute_shards(store, network, names, [b - a for a, b in ranges], produce, mesh, progress, "gfid")

@@ -7,7 +7,7 @@ the size presets. ``TextCondition`` is the condition of a text model (``conditio
 """
 from flextok_jax.generator.conditioning import TextCondition
 from flextok_jax.generator.config import AR_DEPTHS, GeneratorConfig, non_embedding_params, preset
-from flextok_jax.generator.images import generate_images
+from flextok_jax.generator.images import generate_images, generate_images_by_k
 from flextok_jax.generator.loss import drop_labels, eos_targets, next_token_loss, position_bands
 from flextok_jax.generator.model import Generator
 from flextok_jax.generator.params_io import load_generator, save_params
@@ -24,6 +24,7 @@ __all__ = [
     "eos_targets",
     "generate",
     "generate_images",
+    "generate_images_by_k",
     "load_generator",
     "next_token_loss",
     "non_embedding_params",
