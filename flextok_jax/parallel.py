@@ -92,6 +92,11 @@ def fit_to_shapes(shardings: Any, shapes: Any) -> Any:
     return jax.tree_util.tree_map(fit, shardings, shapes, is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
+def mesh_batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    """The ``BATCH_AXES`` that ``mesh`` has (evaluation may run on a plain ('data',) mesh)."""
+    return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+
+
 def batch_sharding(mesh: Mesh, data_axes: Sequence[str] = BATCH_AXES) -> NamedSharding:
     """Sharding of any [B, ...] array: the batch axis split over ``data_axes``, the rest replicated."""
     missing = [a for a in data_axes if a not in mesh.axis_names]

@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from flextok_jax.evaluate import classifier
 from flextok_jax.evaluate.dinov2 import cls_features, load_dinov2
 from flextok_jax.evaluate.inception import FEATURE_DIM, NUM_CLASSES, load_inception
-from flextok_jax.parallel import BATCH_AXES, batch_sharding
+from flextok_jax.parallel import batch_sharding, mesh_batch_axes
 
 NETWORKS = ("inception", "dinov2", "fmnist")
 FMNIST_NOTE = "not comparable to Inception FID"
@@ -71,7 +71,7 @@ class FeatureNetwork:
             if mesh is None:
                 self._programs[key] = (jax.jit(self._fn), jax.tree_util.tree_map(jnp.asarray, self._params))
             else:
-                rows = batch_sharding(mesh, tuple(a for a in BATCH_AXES if a in mesh.axis_names))
+                rows = batch_sharding(mesh, mesh_batch_axes(mesh))
                 params = jax.device_put(self._params, NamedSharding(mesh, P()))
                 out = (rows, rows if self.has_logits else None)
                 self._programs[key] = (jax.jit(self._fn, out_shardings=out), params)
@@ -86,7 +86,7 @@ class FeatureNetwork:
         program, params = self._program(mesh)
         if mesh is not None and not isinstance(images, jax.Array):
             images = jax.device_put(np.asarray(images, np.float32),
-                                    batch_sharding(mesh, tuple(a for a in BATCH_AXES if a in mesh.axis_names)))
+                                    batch_sharding(mesh, mesh_batch_axes(mesh)))
         feats, logits = program(params, images)
         if feats.shape[-1] != self.dim:
             raise ValueError(f"{self.name} returned features of width {feats.shape[-1]}, declared {self.dim}")

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from flextok_jax.parallel import BATCH_AXES
+from flextok_jax.parallel import mesh_batch_axes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,7 @@ class StatsAccumulator:
         if mesh is None:
             mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
         if batch_axes is None:
-            batch_axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+            batch_axes = mesh_batch_axes(mesh)
         unknown = [a for a in batch_axes if a not in mesh.axis_names]
         if unknown or not batch_axes:
             raise ValueError(f"batch axes {tuple(batch_axes)} must be non-empty axes of the mesh {mesh.axis_names}")

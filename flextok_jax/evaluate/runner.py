@@ -81,7 +81,7 @@ def batch_ways(mesh: Mesh | None) -> int:
     """How many shards a batch is split into on ``mesh`` (1 without one)."""
     if mesh is None:
         return 1
-    return int(np.prod([mesh.shape[a] for a in parallel.BATCH_AXES if a in mesh.axis_names]))
+    return int(np.prod([mesh.shape[a] for a in parallel.mesh_batch_axes(mesh)]))
 
 
 def _check_batch(batch_size: int, mesh: Mesh | None) -> None:
@@ -93,7 +93,7 @@ def _check_batch(batch_size: int, mesh: Mesh | None) -> None:
 def _on_mesh(x: np.ndarray, mesh: Mesh | None) -> Any:
     if mesh is None:
         return x
-    return jax.device_put(x, parallel.batch_sharding(mesh, tuple(a for a in parallel.BATCH_AXES if a in mesh.axis_names)))
+    return jax.device_put(x, parallel.batch_sharding(mesh, parallel.mesh_batch_axes(mesh)))
 
 
 def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
