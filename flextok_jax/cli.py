@@ -43,9 +43,12 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 from flax.serialization import msgpack_restore, msgpack_serialize
 from jax.sharding import NamedSharding, PartitionSpec
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image
 from tqdm import tqdm
 
+from flextok_jax import generator
 from flextok_jax.data.factory import add_source_arguments, get_source
 from flextok_jax.data.image_folder import IMAGE_EXTENSIONS, image_files
 from flextok_jax.data.skips import is_skipped
@@ -53,9 +56,12 @@ from flextok_jax.data.token_dataset import DEFAULT_RECORDS_PER_SHARD, tokenize_d
 from flextok_jax.data.token_views import AUGMENTATIONS
 from flextok_jax.data.transforms import prepare_eval_image
 from flextok_jax.evaluate import commands as evaluate_commands
+from flextok_jax.evaluate.grid import grid_image, save_png
+from flextok_jax.generator.prompts import encode_prompts
 from flextok_jax.model.flextok import token_budgets
 from flextok_jax.parallel import initialize_distributed, make_mesh
 from flextok_jax.params_io import load_checkpoint
+from flextok_jax.text import MiniLM
 
 log = logging.getLogger("flextok_jax.cli")
 
@@ -174,9 +180,6 @@ def read_tokens(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
 
 def write_k_histogram(path: str | os.PathLike, lengths: np.ndarray, n: int, target: float | None = None) -> None:
     """A PNG bar chart of how many images got each k in 1, 2, 4, ..., n (``lengths`` [N])."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     ks = token_budgets(n)
     counts = [int(np.sum(np.asarray(lengths) == k)) for k in ks]
     fig = Figure(figsize=(6, 3.5), dpi=100)
@@ -345,9 +348,6 @@ def add_tokenize_dataset_parser(sub: Any) -> None:
 
 def generate_command(args: argparse.Namespace) -> int:
     """``generate``: prompts or labels -> PNGs, a grid and samples.json in ``args.out``."""
-    from flextok_jax import generator
-    from flextok_jax.evaluate.grid import grid_image, save_png
-
     if (args.prompt is None) == (args.label is None):
         raise ValueError("give --prompt or --label (one of them)")
     gen, gen_params = generator.load_generator(args.generator)
@@ -356,9 +356,6 @@ def generate_command(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         if gen.config.condition != "text":
             raise ValueError(f"{args.generator} is class-conditional: use --label, not --prompt")
-        from flextok_jax.generator.prompts import encode_prompts
-        from flextok_jax.text import MiniLM
-
         encoder = MiniLM.from_pretrained(args.text_encoder)
         names = [p for p in args.prompt for _ in range(n)]
         cond: Any = encode_prompts(encoder, names, gen.config)

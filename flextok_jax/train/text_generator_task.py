@@ -19,6 +19,7 @@ import numpy as np
 
 from flextok_jax import generator
 from flextok_jax.generator import TextCondition
+from flextok_jax.text import MiniLM
 from flextok_jax.text import captions as C
 from flextok_jax.train.generator_task import GeneratorTask
 from flextok_jax.train.task import Metrics
@@ -45,8 +46,6 @@ class TextGeneratorTask(GeneratorTask):
         """The features of ``self.captions`` (computed on first use, then kept)."""
         if self._features is None:
             if self._encoder is None:
-                from flextok_jax.text import MiniLM
-
                 self._encoder = MiniLM.from_pretrained()
             self._features = C.caption_features(self._encoder, self.captions, self.gen.config.max_text_tokens)
         return self._features
