@@ -100,6 +100,7 @@ def test_chosen_k_is_the_smallest_that_meets_the_target(trained, test_pictures):
     images = np.concatenate(test_pictures)
     ids, ks, dist = model.reconstruction_distances(params, images)
     assert ks.tolist() == [1, 2, 4, 8, 16] and ids.shape == (16, N)
+    np.testing.assert_array_equal(np.asarray(ids), np.asarray(model.tokenize(params, images)))
     ref = independent_distances(model, params, images, ids, ks)
     np.testing.assert_allclose(np.asarray(dist), ref, rtol=0, atol=DIST_TOL)
     # Targets between the measured distances, none within 1e-4 of one (so the tolerance above

@@ -365,8 +365,7 @@ class FlexTok:
             raise ValueError(f"ks must be strictly increasing, got {ks_np.tolist()}")
         metric = mean_squared_distance if metric is None else metric
         b, num_k = images.shape[0], ks_np.size
-        ids = self._tokenize_jit(params, images, n)
-        latents = self._encode_latents_jit(params, images)
+        latents, ids = self._latents_and_ids_jit(params, images)  # one VAE + encoder pass for both
         noise = jax.random.normal(jax.random.key(seed), self.latent_shape, jnp.float32)
         # Image-major pairs: row b * K + j is image b decoded from its first ks[j] ids.
         pair_ids = np.repeat(np.asarray(ids), num_k, axis=0)
@@ -379,8 +378,9 @@ class FlexTok:
         return ids, ks_np, dist.reshape(b, num_k)
 
     @functools.partial(jax.jit, static_argnums=(0,))
-    def _encode_latents_jit(self, params: Params, images: jax.Array) -> jax.Array:
-        return self.encode_latents(params, images)
+    def _latents_and_ids_jit(self, params: Params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        latents, codes = self.encode(params, images)
+        return latents, codes_to_ids(codes, self.config.fsq_levels)
 
     def tokenize_adaptive(
         self,
