@@ -14,10 +14,15 @@ scores reconstructions 31.7% (k=1) .. 57.5% (k=16) and samples 44% .. 81%; FID-F
 reconstructions 71.5 (k=1) .. 41.9 (k=16) (WORKDIR/stage2.json). Measured: 10.2 min wall from
 a clean clone on 2 CPU cores (1,051 CPU-seconds). Rerunning the command resumes every stage.
 """
+import copy
+
 from flextok_jax.train import config as common
 
 
-def get_config():
+def get_config(arg: str | None = None):
+    """``arg``: None, or "text" to add the text stage (``configs/tiny_cpu.py:text``)."""
+    if arg not in (None, "", "text"):
+        raise ValueError(f"configs/tiny_cpu.py takes no argument or ':text', got {arg!r}")
     c = common.base_config()
     c.model = common.tiny_tokenizer_model()
     # Width 128 (4 heads of 32) instead of 64: reconstruction accuracy at k=16 doubles (30% -> 60%
@@ -62,4 +67,12 @@ def get_config():
     c.stage2 = common.stage2_defaults(g)
     c.stage2.enabled = True
     c.stage2.classifier_steps = 1_400
+
+    # The text stage: the same generator with a MiniLM prompt prefix (16 text slots) instead of
+    # the class row, trained on the same tokens with template captions.
+    t = common.text_generator_base_config(g.model, max_text_tokens=16)
+    for section in ("train", "optimizer", "checkpoint", "log"):
+        t[section] = copy.deepcopy(g[section])  # a copy: overriding one must not change the other
+    c.stage2.text.generator = t
+    c.stage2.text.enabled = arg == "text"
     return c

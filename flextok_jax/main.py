@@ -4,8 +4,10 @@ Any config field can be overridden, e.g. ``--config.train.total_steps=1000``. Re
 same workdir resumes from its newest checkpoint. A tokenizer config runs the main job
 (``flextok_jax.pipeline``): training, then held-out reconstructions per number of tokens k
 (WORKDIR/reconstructions.png, loss_curve.png, the error table) and, with ``stage2.enabled``, the
-token dataset, the generator and WORKDIR/samples.png. A generator config (task='generator')
-trains the generator alone on ``data.tokens``.
+token dataset, the generator and WORKDIR/samples.png, and with ``stage2.text.enabled``
+(``--config configs/tiny_cpu.py:text``) the text-conditional generator and
+WORKDIR/text_samples.png. A generator config (task='generator' or 'text_generator') trains the
+generator alone on ``data.tokens``.
 """
 from __future__ import annotations
 

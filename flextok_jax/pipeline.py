@@ -30,37 +30,61 @@ from flextok_jax.evaluate import runner as fid_runner
 from flextok_jax.evaluate.features import fmnist_network
 from flextok_jax.evaluate.grid import save_labelled_grid
 from flextok_jax.evaluate.reconstruct import evaluate_run, reconstruct_by_k
+from flextok_jax.generator.prompts import encode_prompts
 from flextok_jax.params_io import EXPORT_FILE, load_model
+from flextok_jax.text import MiniLM
+from flextok_jax.text import captions
 from flextok_jax.train import train
 from flextok_jax.train.generator_task import EXPORT_FILE as GENERATOR_FILE
 
+STAGE2_FILE = "stage2.json"
+TEXT_STAGE_FILE = "text_stage.json"
+CLASSIFIER_FILE = "classifier.safetensors"
 
-def generator_run_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-    """``config.stage2.generator`` reading WORKDIR/tokens (mesh and dtype as the tokenizer's)."""
-    g = copy.deepcopy(config.stage2.generator)
+
+def generator_run_config(config: ml_collections.ConfigDict, workdir: str,
+                         generator_config: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+    """``generator_config`` (default ``config.stage2.generator``) reading WORKDIR/tokens (mesh and
+    progress bar as the tokenizer's)."""
+    g = copy.deepcopy(config.stage2.generator if generator_config is None else generator_config)
     g.data.tokens = os.path.join(workdir, "tokens")
     g.mesh = copy.deepcopy(config.mesh)
+    g.log.progress = config.log.progress
     return g
 
 
-def class_samples(gen: generator.Generator, gparams: Any, tokenizer: Any, tparams: Any, ks: list[int],
-                  per_class: int, s2: ml_collections.ConfigDict, seed: int = 0,
-                  guidance_scale: float = 1.0) -> np.ndarray:
-    """Generated images [len(ks), C * per_class, H, W, 3]: for each k, ``per_class`` samples of
-    every class (class-major), each decoded from its first k generated tokens. The tokens for all
-    k come from one generation of max(ks) tokens per image, so column k is a prefix of column 2k;
+def samples_by_k(gen: generator.Generator, gparams: Any, tokenizer: Any, tparams: Any, cond: Any, ks: list[int],
+                 s2: ml_collections.ConfigDict, guidance_scale: float, seed: int = 0) -> np.ndarray:
+    """Generated images [len(ks), B, H, W, 3] for ``cond`` (B labels or a text condition), with the
+    sampling settings of ``s2`` (``config.stage2``): row i decoded from the first ks[i] ids of one
+    generation of max(ks) tokens per image, so column k is a prefix of column 2k.
     ``guidance_scale`` is the tokenizer decoder's (``s2.cfg_scale`` the generator's)."""
-    labels = np.repeat(np.arange(gen.config.num_classes, dtype=np.int32), per_class)
     return generator.generate_images_by_k(
-        gen, gparams, tokenizer, tparams, labels, ks, cfg_scale=float(s2.cfg_scale), temperature=float(s2.temperature),
+        gen, gparams, tokenizer, tparams, cond, ks, cfg_scale=float(s2.cfg_scale), temperature=float(s2.temperature),
         top_k=int(s2.top_k), top_p=float(s2.top_p), rng=jax.random.key(seed), num_steps=int(s2.decode_steps),
         guidance_scale=guidance_scale, decode_rng=jax.random.key(seed + 1))
 
 
+def held_out_prompts(per_prompt: int) -> tuple[list[str], np.ndarray]:
+    """(prompts, classes int32 [N]): every Fashion-MNIST class in every held-out paraphrase
+    (``text.captions.HELD_OUT_TEMPLATES``, never seen in training), ``per_prompt`` times each;
+    class-major, then template, then repeat."""
+    prompts = [captions.caption(c, template) for c in range(captions.NUM_CLASSES)
+               for template in captions.HELD_OUT_TEMPLATES for _ in range(per_prompt)]
+    classes = np.repeat(np.arange(captions.NUM_CLASSES, dtype=np.int32), len(captions.HELD_OUT_TEMPLATES) * per_prompt)
+    return prompts, classes
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-    """The main job; returns {"tokenizer": train result, "mse_per_k", and for stage 2 "generator",
-    "reconstruction_accuracy", "sample_accuracy", "reconstruction_fid_fmnist"} (what the run reached)."""
+    """The main job; returns {"tokenizer": train result, "mse_per_k"}, and for stage 2
+    {"generator", "reconstruction_accuracy", "sample_accuracy", "reconstruction_fid_fmnist", ...}
+    and for its text stage {"text_generator", "text_sample_accuracy", ...} (what the run reached).
+    A stage whose results file (WORKDIR/stage2.json, text_stage.json) exists is not redone."""
     workdir = os.path.abspath(os.fspath(workdir))
+    s2 = config.stage2
+    if s2.enabled and s2.text.enabled and config.data.source != "fashion_mnist":
+        raise ValueError("stage2.text.enabled needs data.source='fashion_mnist' (its captions name the "
+                         f"Fashion-MNIST classes), got data.source={config.data.source!r}")
     out: dict[str, Any] = {"tokenizer": train(config, workdir)}
     finished = out["tokenizer"]["step"] >= config.train.total_steps and not out["tokenizer"]["preempted"]
     if not finished:
@@ -68,7 +92,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     main_process = jax.process_index() == 0
     if config.eval.enabled and main_process:
         out["mse_per_k"] = evaluate_run(config, workdir)
-    s2 = config.stage2
     if not s2.enabled:
         return out
 
@@ -80,46 +103,136 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
                      augment=tuple(s2.augment), progress=bool(config.log.progress))
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("flextok_pipeline_tokens_written")
-    gconfig = generator_run_config(config, workdir)
-    print(f"stage 2: training the generator in {workdir}/generator")
-    out["generator"] = train(gconfig, os.path.join(workdir, "generator"))
-    if out["generator"]["step"] < gconfig.train.total_steps or not main_process:
-        return out
-    gen, gparams = generator.load_generator(os.path.join(workdir, "generator", "export", GENERATOR_FILE))
-
-    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= gen.config.max_tokens]
-    samples = class_samples(gen, gparams, tokenizer, tparams, ks, int(s2.samples_per_class), s2,
-                            guidance_scale=float(config.eval.guidance_scale))
-    names = classifier_lib.CLASS_NAMES if config.data.source == "fashion_mnist" else None
-    shown = samples.reshape(len(ks), gen.config.num_classes, int(s2.samples_per_class), *samples.shape[2:])[:, :, 0]
-    save_labelled_grid(os.path.join(workdir, "samples.png"), shown, [f"k={k}" for k in ks],
-                       list(names) if names else [f"class {c}" for c in range(gen.config.num_classes)])
-    if config.data.source == "fashion_mnist":
-        out.update(fashion_mnist_report(config, workdir, tokenizer, tparams, samples, ks, gen.config.num_classes,
-                                        int(s2.samples_per_class)))
-    with open(os.path.join(workdir, "stage2.json"), "w") as f:
-        json.dump({k: v for k, v in out.items() if k in ("reconstruction_accuracy", "sample_accuracy",
-                                                          "classifier_test_accuracy", "reconstruction_fid_fmnist",
-                                                          "fid_fmnist")}, f, indent=1)
+    out.update(class_stage(config, workdir, tokenizer, tparams, main_process))
+    if s2.text.enabled and _finished(out["generator"], generator_run_config(config, workdir)):
+        out.update(text_stage(config, workdir, tokenizer, tparams, main_process))
     return out
 
 
-def fashion_mnist_report(config: ml_collections.ConfigDict, workdir: str, tokenizer: Any, tparams: Any,
-                         samples: np.ndarray, ks: list[int], num_classes: int, per_class: int) -> dict[str, Any]:
-    """Train the classifier (seconds), then its accuracy per k on reconstructions of held-out
-    test images and on the generated samples (the share classified as the class asked for), and
-    FID-FMNIST per k of those reconstructions against the originals (``runner.fid_by_k`` over the
-    classifier's penultimate features: a proxy, not comparable to Inception FID)."""
+def _finished(result: dict[str, Any], config: ml_collections.ConfigDict) -> bool:
+    return result["step"] >= config.train.total_steps and not result.get("preempted", False)
+
+
+def _read_results(path: str) -> dict[str, Any]:
+    """A results file of this module, with its per-k tables keyed by int k again."""
+    with open(path) as f:
+        results = json.load(f)
+    per_k = ("reconstruction_accuracy", "sample_accuracy", "reconstruction_fid_fmnist", "text_sample_accuracy")
+    return {name: ({int(k): v for k, v in value.items()} if name in per_k else value) for name, value in results.items()}
+
+
+def _write_results(path: str, results: dict[str, Any]) -> None:
+    tmp = path + ".tmp"  # written last and renamed: its presence means the stage is complete
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _token_ks(max_tokens: int) -> list[int]:
+    return [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= max_tokens]
+
+
+def class_stage(config: ml_collections.ConfigDict, workdir: str, tokenizer: Any, tparams: Any,
+                main_process: bool) -> dict[str, Any]:
+    """Train the class-conditional generator on WORKDIR/tokens (WORKDIR/generator), then write
+    samples.png (rows: classes; columns: k) and, on Fashion-MNIST, the classifier's scores per k
+    (WORKDIR/stage2.json)."""
     s2 = config.stage2
+    gconfig = generator_run_config(config, workdir)
+    print(f"stage 2: training the generator in {workdir}/generator")
+    out: dict[str, Any] = {"generator": train(gconfig, os.path.join(workdir, "generator"))}
+    results_path = os.path.join(workdir, STAGE2_FILE)
+    if not _finished(out["generator"], gconfig) or not main_process:
+        return out
+    if os.path.exists(results_path):
+        print(f"stage 2: {results_path} exists; keeping its samples and scores")
+        return {**out, **_read_results(results_path)}
+    gen, gparams = generator.load_generator(os.path.join(workdir, "generator", "export", GENERATOR_FILE))
+    ks = _token_ks(gen.config.max_tokens)
+    per_class = int(s2.samples_per_class)
+    labels = np.repeat(np.arange(gen.config.num_classes, dtype=np.int32), per_class)
+    samples = samples_by_k(gen, gparams, tokenizer, tparams, labels, ks, s2, float(config.eval.guidance_scale))
+    names = classifier_lib.CLASS_NAMES if config.data.source == "fashion_mnist" else None
+    shown = samples.reshape(len(ks), gen.config.num_classes, per_class, *samples.shape[2:])[:, :, 0]
+    save_labelled_grid(os.path.join(workdir, "samples.png"), shown, [f"k={k}" for k in ks],
+                       list(names) if names else [f"class {c}" for c in range(gen.config.num_classes)])
+    results: dict[str, Any] = {}
+    if config.data.source == "fashion_mnist":
+        results = fashion_mnist_report(config, workdir, tokenizer, tparams, samples, ks, labels)
+    _write_results(results_path, results)
+    return {**out, **results}
+
+
+def text_stage(config: ml_collections.ConfigDict, workdir: str, tokenizer: Any, tparams: Any,
+               main_process: bool) -> dict[str, Any]:
+    """Train the text-conditional generator (``config.stage2.text.generator``) on WORKDIR/tokens
+    with template captions (WORKDIR/text_generator), then generate for the held-out paraphrases
+    (``held_out_prompts``), score the samples with the run's classifier per k, and write
+    WORKDIR/text_samples.png (rows: one held-out prompt per class; columns: k) and
+    text_stage.json ({"text_sample_accuracy": {k: share}, "text_sample_accuracy_by_template"})."""
+    t, s2 = config.stage2.text, config.stage2
+    gconfig = generator_run_config(config, workdir, t.generator)
+    gdir = os.path.join(workdir, "text_generator")
+    print(f"stage 2 (text): training the text-conditional generator in {gdir}")
+    out: dict[str, Any] = {"text_generator": train(gconfig, gdir)}
+    results_path = os.path.join(workdir, TEXT_STAGE_FILE)
+    if not _finished(out["text_generator"], gconfig) or not main_process:
+        return out
+    if os.path.exists(results_path):
+        print(f"stage 2 (text): {results_path} exists; keeping its samples and scores")
+        return {**out, **_read_results(results_path)}
+    gen, gparams = generator.load_generator(os.path.join(gdir, "export", GENERATOR_FILE))
+    ks = _token_ks(gen.config.max_tokens)
+    per_prompt = int(t.samples_per_prompt)
+    prompts, asked = held_out_prompts(per_prompt)
+    cond = encode_prompts(MiniLM.from_pretrained(), prompts, gen.config)
+    samples = samples_by_k(gen, gparams, tokenizer, tparams, cond, ks, s2, float(config.eval.guidance_scale))
+    clf = fashion_mnist_classifier(config, workdir)
+    accuracy = classifier_lib.class_accuracy_by_k(clf, samples, asked, ks)
+    n_templates = len(captions.HELD_OUT_TEMPLATES)
+    template_of = np.tile(np.repeat(np.arange(n_templates), per_prompt), captions.NUM_CLASSES)
+    by_template = {captions.HELD_OUT_TEMPLATES[j]: classifier_lib.class_accuracy_by_k(
+        clf, samples[:, template_of == j], asked[template_of == j], ks) for j in range(n_templates)}
+    # One row per class, its paraphrase rotating through the held-out templates.
+    rows = [(c * n_templates + c % n_templates) * per_prompt for c in range(captions.NUM_CLASSES)]
+    save_labelled_grid(os.path.join(workdir, "text_samples.png"), samples[:, rows], [f"k={k}" for k in ks],
+                       [prompts[i] for i in rows])
+    print(f"text-conditional samples for {len(prompts)} held-out paraphrases ({n_templates} templates x "
+          f"{captions.NUM_CLASSES} classes x {per_prompt}), classified as the class the prompt names:")
+    print("tokens k | " + " | ".join(f"{k:5d}" for k in ks))
+    print("accuracy | " + " | ".join(f"{accuracy[k]:5.1%}" for k in ks))
+    results = {"text_sample_accuracy": accuracy, "text_sample_accuracy_by_template": by_template,
+               "num_text_samples": len(prompts)}
+    _write_results(results_path, results)
+    return {**out, **results}
+
+
+def fashion_mnist_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The run's Fashion-MNIST classifier: WORKDIR/classifier.safetensors, trained first
+    (``stage2.classifier_steps``, seconds) when that file does not exist yet."""
+    path = os.path.join(workdir, CLASSIFIER_FILE)
+    if os.path.exists(path):
+        return classifier_lib.load_classifier(path)
     x_train, y_train = classifier_lib.fashion_mnist_arrays("train")
-    clf = classifier_lib.train_classifier(x_train, y_train, steps=int(s2.classifier_steps))
-    classifier_lib.save_classifier(os.path.join(workdir, "classifier.safetensors"), clf)
+    clf = classifier_lib.train_classifier(x_train, y_train, steps=int(config.stage2.classifier_steps))
+    classifier_lib.save_classifier(path, clf)
+    return clf
+
+
+def fashion_mnist_report(config: ml_collections.ConfigDict, workdir: str, tokenizer: Any, tparams: Any,
+                         samples: np.ndarray, ks: list[int], asked: np.ndarray) -> dict[str, Any]:
+    """The classifier's (``fashion_mnist_classifier``) accuracy per k on reconstructions of held-out
+    test images and on the generated ``samples`` [K, N, ...] (the share classified as the class
+    ``asked`` [N]), and FID-FMNIST per k of those reconstructions against the originals
+    (``runner.fid_by_k`` over the classifier's penultimate features: a proxy, not comparable to
+    Inception FID)."""
+    s2 = config.stage2
+    clf = fashion_mnist_classifier(config, workdir)
     x_test, y_test = classifier_lib.fashion_mnist_arrays("test", int(s2.eval_images))
     test_acc = classifier_lib.accuracy(clf, x_test, y_test)
     recon = reconstruct_by_k(tokenizer, tparams, x_test, ks, num_steps=int(s2.decode_steps),
                              guidance_scale=float(config.eval.guidance_scale))
     recon_acc = classifier_lib.class_accuracy_by_k(clf, recon, y_test, ks)
-    asked = np.repeat(np.arange(num_classes), per_class)
     sample_acc = classifier_lib.class_accuracy_by_k(clf, samples, asked, ks)
     print(f"classifier: {test_acc:.1%} on {len(y_test)} Fashion-MNIST test images")
     print(format_accuracy_table(ks, recon_acc, sample_acc))

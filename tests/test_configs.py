@@ -10,6 +10,7 @@ from absl import flags
 from ml_collections import config_flags
 from helpers import REPO
 
+from flextok_jax import pipeline
 from flextok_jax.generator import GeneratorConfig
 from flextok_jax.model.config import FlexTokConfig, from_configdict
 from flextok_jax.model.flextok import FlexTok
@@ -76,3 +77,22 @@ def test_command_line_overrides(monkeypatch):
     assert c.train.total_steps == 7 and tuple(c.mesh.shape) == (2, 2, 2)
     assert c.train.repa_teacher == "pixel_patches" and c.train.stop_at_step == 3
     assert from_configdict(c.model).encoder.depth == 1
+
+
+def test_tiny_cpu_text_stage_argument(tmp_path):
+    tiny_cpu = importlib.import_module("configs.tiny_cpu")
+    assert not tiny_cpu.get_config().stage2.text.enabled
+    c = tiny_cpu.get_config("text")
+    assert c.stage2.text.enabled and c.stage2.text.generator.task == "text_generator"
+    t, g = c.stage2.text.generator, c.stage2.generator
+    assert GeneratorConfig.from_dict(t.model.to_dict()).condition == "text"
+    assert (t.model.depth, t.model.dim, t.model.max_tokens) == (g.model.depth, g.model.dim, g.model.max_tokens)
+    t.train.total_steps = 7  # the text generator's sections are copies: the class generator keeps its own
+    assert g.train.total_steps == 800
+    with pytest.raises(ValueError, match="':text'"):
+        tiny_cpu.get_config("txt")
+    # Captions name Fashion-MNIST classes: another source is refused before anything trains.
+    c.data.source = "procedural"
+    with pytest.raises(ValueError, match="data.source='fashion_mnist'"):
+        pipeline.run(c, tmp_path)
+    assert not any(tmp_path.iterdir())

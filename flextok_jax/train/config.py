@@ -170,6 +170,13 @@ def stage2_defaults(generator: ml_collections.ConfigDict | None = None) -> ml_co
         "classifier_steps": 1500,
         "eval_images": 1000,
         "generator": ml_collections.ConfigDict() if generator is None else generator,
+        # The text stage (Fashion-MNIST only): a text-conditional generator (a task='text_generator'
+        # config) on the same tokens with captions, scored on held-out paraphrases.
+        "text": ml_collections.ConfigDict({
+            "enabled": False,
+            "samples_per_prompt": 4,
+            "generator": ml_collections.ConfigDict(),
+        }),
     })
 
 
@@ -207,6 +214,19 @@ def generator_base_config(model: ml_collections.ConfigDict) -> ml_collections.Co
     c.optimizer.lr = 1e-4
     c.log.grid_every_steps = 0
     c.eval.enabled = False
+    # Length-bucketed batches (flextok_jax.data.token_buckets): each step trains one bucket of one
+    # sequence length, its batch sized so that every step holds ~tokens_per_step tokens.
+    c.data.buckets = ml_collections.ConfigDict({
+        "enabled": False,
+        # 'prefix': every record trains at every bucket length (its first L tokens);
+        # 'length': a record trains at its own length (tokenize-dataset --quality) + EOS (model.eos).
+        "mode": "prefix",
+        "lengths": (8, 16, 32, 64, 128, 256),  # at most model.max_tokens
+        "tokens_per_step": 0,  # 0: train.global_batch_size * model.max_tokens
+        "weights": config_dict.placeholder(tuple),  # per bucket; None: equal ('prefix'), by records ('length')
+        "curriculum_steps": 0,  # > 0: the buckets open shortest first over these many steps
+        "tolerance": 0.1,  # the largest relative miss of a bucket's tokens per step
+    })
     return c
 
 
