@@ -322,9 +322,18 @@ def tokenize_dataset_command(args: argparse.Namespace) -> int:
         model, params, source, args.out, image_size=args.image_size, batch_size=args.batch_size,
         num_tokens=args.num_tokens, records_per_shard=args.records_per_shard, augment=tuple(args.augment),
         mesh=mesh, metadata={"checkpoint": os.path.abspath(args.checkpoint), "data": data},
+        quality=args.quality, quality_steps=args.quality_steps, quality_seed=args.quality_seed,
     )
     print(json.dumps(summary))
     return 0
+
+
+def add_quality_arguments(p: argparse.ArgumentParser, effect: str) -> None:
+    """--quality / --quality_steps / --quality_seed (``FlexTok.tokenize_adaptive``)."""
+    p.add_argument("--quality", type=float, help="keep per image the fewest tokens (1, 2, 4, ..., n) whose "
+                   f"reconstruction is within this mean squared latent distance; {effect}")
+    p.add_argument("--quality_steps", type=int, default=4, help="--quality: Euler steps of the trial decodes")
+    p.add_argument("--quality_seed", type=int, default=0, help="--quality: seed of the fixed start noise")
 
 
 def add_tokenize_dataset_parser(sub: Any) -> None:
@@ -339,6 +348,8 @@ def add_tokenize_dataset_parser(sub: Any) -> None:
     p.add_argument("--image_size", type=int, required=True)
     p.add_argument("--out", required=True, help="output folder (rerun the command to resume)")
     p.add_argument("--num_tokens", type=int, help="keep only the first k tokens (default: all)")
+    add_quality_arguments(p, "stores it as each record's length (all n ids are kept), for length-bucketed "
+                             "training with EOS")
     p.add_argument("--augment", nargs="*", default=[], choices=AUGMENTATIONS,
                    help="extra views per image: flip, and/or crop (ten-crop with flip)")
     p.add_argument("--batch_size", type=int, default=64, help="per process; divisible by its device count")
@@ -426,10 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--images", required=True, help="folder of images (searched recursively)")
     t.add_argument("--out", required=True, help="tokens.npz or tokens.array_record")
     t.add_argument("--num_tokens", type=int, help="keep only the first k tokens (computes only those)")
-    t.add_argument("--quality", type=float, help="keep per image the fewest tokens (1, 2, 4, ..., n) whose "
-                   "reconstruction is within this mean squared latent distance; writes a ragged token file")
-    t.add_argument("--quality_steps", type=int, default=4, help="--quality: Euler steps of the trial decodes")
-    t.add_argument("--quality_seed", type=int, default=0, help="--quality: seed of the fixed start noise")
+    add_quality_arguments(t, "writes a ragged token file")
     t.add_argument("--histogram", help="--quality: PNG of the chosen k (default: OUT.k_histogram.png)")
     d = sub.choices["detokenize"]
     d.add_argument("--tokens", required=True)

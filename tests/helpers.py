@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 
 from flextok_jax.model.vae import VAEConfig
+from flextok_jax.train import config as common
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # configs/ is a top-level folder of the repo, not an installed package.
@@ -124,3 +125,23 @@ def write_procedural_token_dataset(root: pathlib.Path) -> str:
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["records_written"] == 192
     return str(out)
+
+
+def generator_config(token_dir: str, **train) -> ml_collections.ConfigDict:
+    """A tiny generator run over `token_dir`: depth 2, width 64, logging every step."""
+    c = common.generator_base_config(common.generator_model(
+        depth=2, num_classes=10, vocab_size=VOCAB, max_tokens=N_TOKENS, dim=64, num_heads=2, head_dim=32))
+    c.data.tokens = token_dir
+    c.train.global_batch_size = 16
+    c.train.total_steps = 10
+    c.optimizer.lr = 3e-3
+    c.optimizer.warmup_steps = 2
+    c.log.every_steps = 1
+    c.log.grid_every_steps = 0
+    c.log.progress = False
+    c.checkpoint.every_steps = 4
+    c.checkpoint.keep = 10
+    c.checkpoint["async"] = False
+    for k, v in train.items():
+        c.train[k] = v
+    return c

@@ -6,39 +6,17 @@ import math
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
-from helpers import N_TOKENS, VOCAB, losses, write_procedural_token_dataset
+from helpers import VOCAB, generator_config, losses, write_procedural_token_dataset
 
 from flextok_jax import generator
 from flextok_jax.train import TrainSetup, train
-from flextok_jax.train import config as common
 from flextok_jax.train.generator_task import EXPORT_FILE
 
 @pytest.fixture(scope="module")
 def token_dir(tmp_path_factory):
     return write_procedural_token_dataset(tmp_path_factory.mktemp("gen_tokens"))
-
-
-def generator_config(token_dir: str, **train) -> ml_collections.ConfigDict:
-    """A tiny generator run over `token_dir`: depth 2, width 64, logging every step."""
-    c = common.generator_base_config(common.generator_model(
-        depth=2, num_classes=10, vocab_size=VOCAB, max_tokens=N_TOKENS, dim=64, num_heads=2, head_dim=32))
-    c.data.tokens = token_dir
-    c.train.global_batch_size = 16
-    c.train.total_steps = 10
-    c.optimizer.lr = 3e-3
-    c.optimizer.warmup_steps = 2
-    c.log.every_steps = 1
-    c.log.grid_every_steps = 0
-    c.log.progress = False
-    c.checkpoint.every_steps = 4
-    c.checkpoint.keep = 10
-    c.checkpoint["async"] = False
-    for k, v in train.items():
-        c.train[k] = v
-    return c
 
 
 def _two_steps(config, mesh_shape):

@@ -254,15 +254,24 @@ def test_corrupt_images_are_skipped_counted_and_named(tiny, tmp_path, caplog):
 
 def test_record_layout_is_the_documented_struct():
     tokens = np.array([[0, 999, 65535], [7, 8, 9]])
-    records = R.encode_records(tokens, np.int32([4, -1]), np.int64([2**40, 3]), np.uint8([0, 11]))
-    # Independently of numpy's structured dtype: header "<4sBBHiq" (20 bytes), then uint16 tokens.
-    assert [len(r) for r in records] == [26, 26]
-    assert struct.unpack("<4sBBHiq", records[0][:20]) == (b"FTOK", 1, 0, 3, 4, 2**40)
-    assert struct.unpack("<4sBBHiq", records[1][:20]) == (b"FTOK", 1, 11, 3, -1, 3)
-    assert np.frombuffer(records[0][20:], "<u2").tolist() == [0, 999, 65535]
+    records = R.encode_records(tokens, np.int32([4, -1]), np.int64([2**40, 3]), np.uint8([0, 11]), np.array([3, 1]))
+    # Independently of numpy's structured dtype: header "<4sBBHiqHH" (24 bytes), then uint16 tokens.
+    assert [len(r) for r in records] == [30, 30]
+    assert struct.unpack("<4sBBHiqHH", records[0][:24]) == (b"FTOK", 2, 0, 3, 4, 2**40, 3, 0)
+    assert struct.unpack("<4sBBHiqHH", records[1][:24]) == (b"FTOK", 2, 11, 3, -1, 3, 1, 0)
+    assert np.frombuffer(records[0][24:], "<u2").tolist() == [0, 999, 65535]
     rows = R.decode_records(records, 3, "record {}".format)
     np.testing.assert_array_equal(rows["tokens"], tokens)
-    with pytest.raises(ValueError, match="record 1: record has 5 bytes, expected 26 for 3 tokens"):
+    np.testing.assert_array_equal(rows["length"], [3, 1])
+    assert R.decode_records(R.encode_records(tokens, np.int32([0, 0]), np.int64([0, 1]), np.uint8([0, 0])), 3,
+                            "record {}".format)["length"].tolist() == [3, 3]  # default: every token
+    with pytest.raises(ValueError, match=r"lengths must be \[2\] in \[1, 3\]"):
+        R.encode_records(tokens, np.int32([0, 0]), np.int64([0, 1]), np.uint8([0, 0]), np.array([0, 3]))
+    bad = bytearray(records[1])
+    bad[20:22] = struct.pack("<H", 4)
+    with pytest.raises(ValueError, match=r"record 0: record length 4 outside \[1, 3\]"):
+        R.decode_records([bytes(bad)], 3, "record {}".format)
+    with pytest.raises(ValueError, match="record 1: record has 5 bytes, expected 30 for 3 tokens"):
         R.decode_records([records[0], b"12345"], 3, "record {}".format)
     with pytest.raises(ValueError, match="record 0: not a token record"):
         R.decode_records([b"X" + records[0][1:]], 3, "record {}".format)

@@ -108,7 +108,7 @@ def _source_description(source: Any) -> dict[str, Any]:
 
 def _make_plan(model: Any, source: Any, image_size: int, num_tokens: int, ids: Sequence[int],
                augment: Sequence[str], images_per_shard: int, records_per_shard: int,
-               metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+               metadata: Mapping[str, Any] | None, quality: dict[str, Any] | None) -> dict[str, Any]:
     num_shards = len(shard_ranges(len(source), images_per_shard))
     return {
         "format": R.FORMAT,
@@ -125,6 +125,8 @@ def _make_plan(model: Any, source: Any, image_size: int, num_tokens: int, ids: S
         "records_per_shard": int(records_per_shard),
         "images_per_shard": int(images_per_shard),
         "num_shards": num_shards,
+        # None: every record's length is num_tokens; else the adaptive target that chose them.
+        "quality": quality,
         "metadata": dict(metadata or {}),
     }
 
@@ -144,11 +146,22 @@ def _check_or_write_plan(out_dir: pathlib.Path, plan: dict[str, Any]) -> None:
     R.write_json_atomic(path, plan)
 
 
-def _tokenizer(model: Any, params: Any, num_tokens: int, batch_size: int,
-               mesh: Mesh | None) -> Callable[[np.ndarray], np.ndarray]:
-    """float32 [B, S, S, 3] numpy -> int32 [B, k] numpy, batch sharded over ``mesh`` if given."""
+def _tokenizer(model: Any, params: Any, num_tokens: int, batch_size: int, mesh: Mesh | None,
+               quality: dict[str, Any] | None = None) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """float32 [B, S, S, 3] numpy -> (ids int32 [B, k], lengths int32 [B]) numpy, batch sharded
+    over ``mesh`` if given. Lengths are k, or with ``quality`` ({target, steps, seed}) each
+    image's fewest tokens that meet the target (``FlexTok.tokenize_adaptive``)."""
+
+    def tokenize(images: Any) -> tuple[np.ndarray, np.ndarray]:
+        if quality is None:
+            ids = np.asarray(model.tokenize(params, images, num_tokens=num_tokens))
+            return ids, np.full(ids.shape[0], num_tokens, np.int32)
+        found = model.tokenize_adaptive(params, images, quality["target"], num_steps=quality["steps"],
+                                        seed=quality["seed"])
+        return np.asarray(found.ids), np.asarray(found.num_tokens, np.int32)
+
     if mesh is None:
-        return lambda images: np.asarray(model.tokenize(params, images, num_tokens=num_tokens))
+        return tokenize
     if any(d.process_index != jax.process_index() for d in mesh.devices.flat):
         # A mesh over other processes' devices would make every call a collective that all
         # processes must enter in lockstep; shards are split without coordination instead.
@@ -158,11 +171,11 @@ def _tokenizer(model: Any, params: Any, num_tokens: int, batch_size: int,
     if batch_size % ways:
         raise ValueError(f"batch_size {batch_size} is not divisible by the {ways} devices of the mesh's batch axes")
 
-    def tokenize(images: np.ndarray) -> np.ndarray:
+    def tokenize_on_mesh(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
-            return np.asarray(model.tokenize(params, jax.device_put(images, sharding), num_tokens=num_tokens))
+            return tokenize(jax.device_put(images, sharding))
 
-    return tokenize
+    return tokenize_on_mesh
 
 
 def _padded_batches(elements: Iterator[dict[str, Any]], batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
@@ -196,7 +209,7 @@ def _write_shard(path: pathlib.Path, records: Sequence[bytes]) -> None:
 
 
 def _tokenize_shard(source: Any, start: int, stop: int, render: _RenderViews, ids: Sequence[int],
-                    tokenize: Callable[[np.ndarray], np.ndarray], batch_size: int, read_threads: int,
+                    tokenize: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], batch_size: int, read_threads: int,
                     bar: Any) -> tuple[list[bytes], dict[str, Any]]:
     """Tokenize source[start:stop] -> (records, stats) of one shard."""
     skips = _SkipLog()
@@ -210,21 +223,24 @@ def _tokenize_shard(source: Any, start: int, stop: int, render: _RenderViews, id
             bar.update(1)
             yield element
 
-    batches = [tokenize(images)[:n] for images, n in _padded_batches(kept_elements(), batch_size)]
+    batches = [tuple(x[:n] for x in tokenize(images)) for images, n in _padded_batches(kept_elements(), batch_size)]
     bar.update(stop - start - len(kept))  # skipped images count as processed
     records: list[bytes] = []
+    lengths = np.concatenate([b[1] for b in batches]) if batches else np.zeros((0,), np.int32)
     if kept:  # rows are image-major: every view of one image, then the next image
         records = R.encode_records(
-            np.concatenate(batches),
+            np.concatenate([b[0] for b in batches]),
             labels=np.repeat([e["label"] for e in kept], len(ids)).astype(np.int32),
             indices=np.repeat([e["index"] for e in kept], len(ids)).astype(np.int64),
             augmentations=np.tile(np.asarray(ids, np.uint8), len(kept)),
+            lengths=lengths,
         )
     stats = {
         "num_records": len(records),
         "first_index": start,
         "stop_index": stop,
         "num_skipped": skips.count,
+        "length_counts": {str(k): int(c) for k, c in zip(*np.unique(lengths, return_counts=True))},
         "skipped": [{"index": r.index, "reason": r.reason, "file_name": r.file_name}
                     for r in skips.records[:_MAX_LISTED_SKIPS]],
     }
@@ -245,11 +261,16 @@ def write_manifest_if_complete(out_dir: str | os.PathLike) -> pathlib.Path | Non
         return None
     shards = [{"file": R.shard_name(s, n), **R.read_json(out_dir / R.stats_name(s, n))} for s in range(n)]
     skipped = [item for shard in shards for item in shard.pop("skipped")]
+    length_counts: dict[str, int] = {}
+    for shard in shards:
+        for k, c in shard.pop("length_counts").items():
+            length_counts[k] = length_counts.get(k, 0) + c
     manifest = {
         **plan,
         "shards": shards,
         "num_records": sum(s["num_records"] for s in shards),
         "num_skipped": sum(s["num_skipped"] for s in shards),
+        "length_counts": dict(sorted(length_counts.items(), key=lambda kv: int(kv[0]))),
         "skipped": skipped[:_MAX_LISTED_SKIPS],
     }
     path = out_dir / R.MANIFEST_NAME
@@ -274,6 +295,9 @@ def tokenize_dataset(
     process_count: int | None = None,
     read_threads: int = 8,
     metadata: Mapping[str, Any] | None = None,
+    quality: float | None = None,
+    quality_steps: int = 4,
+    quality_seed: int = 0,
 ) -> dict[str, Any]:
     """Tokenize every image of ``source`` (and its augmented views) into ``out_dir``.
 
@@ -287,6 +311,9 @@ def tokenize_dataset(
     Shard s holds every view of images [s m, (s + 1) m), m = max(1, records_per_shard // views
     per image). ``process_index`` / ``process_count`` (default: jax's) pick this process's shards.
     ``metadata`` (JSON-able) is stored in the manifest, e.g. the checkpoint path.
+    ``quality``: each record's ``length`` is the fewest tokens (1, 2, 4, ..., n) that reconstruct
+    the view to within this distance (``FlexTok.tokenize_adaptive`` with ``quality_steps`` /
+    ``quality_seed``; all n ids are stored); the manifest's ``length_counts`` is the histogram.
 
     Returns a summary: shards written / already complete, records written, images skipped,
     seconds, records per second and the manifest path (None until every shard exists).
@@ -301,6 +328,13 @@ def tokenize_dataset(
     k = model.config.n_registers if num_tokens is None else int(num_tokens)
     if not 1 <= k <= model.config.n_registers:
         raise ValueError(f"num_tokens must lie in [1, {model.config.n_registers}] (n_registers), got {num_tokens}")
+    adaptive = None
+    if quality is not None:
+        if k != model.config.n_registers:
+            raise ValueError("num_tokens and quality exclude each other (quality chooses each record's length)")
+        if not np.isfinite(quality) or quality <= 0:
+            raise ValueError(f"quality must be a finite distance > 0, got {quality}")
+        adaptive = {"target": float(quality), "steps": int(quality_steps), "seed": int(quality_seed)}
     ids = view_ids(augment)
     images_per_shard = max(1, records_per_shard // len(ids))
     ranges = shard_ranges(len(source), images_per_shard)
@@ -309,14 +343,15 @@ def tokenize_dataset(
 
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan = _make_plan(model, source, image_size, k, ids, augment, images_per_shard, records_per_shard, metadata)
+    plan = _make_plan(model, source, image_size, k, ids, augment, images_per_shard, records_per_shard, metadata,
+                      adaptive)
     _check_or_write_plan(out_dir, plan)
 
     done = [s for s in mine if _is_complete(out_dir, s, num_shards)]
     todo = [s for s in mine if s not in done]
     if done:
         logger.info("%s: %d of this process's %d shards are complete; resuming", out_dir, len(done), len(mine))
-    tokenize = _tokenizer(model, params, k, batch_size, mesh)
+    tokenize = _tokenizer(model, params, k, batch_size, mesh, adaptive)
     render = _RenderViews(image_size, ids)
 
     t0 = time.perf_counter()

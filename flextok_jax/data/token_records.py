@@ -1,15 +1,18 @@
 """On-disk format of token datasets: one fixed binary layout per record, JSON manifests.
 
-A record is a packed little-endian struct (numpy structured dtype, 20 + 2 n bytes)::
+A record is a packed little-endian struct (numpy structured dtype, 24 + 2 n bytes)::
 
     offset  size  field
     0       4     magic         b"FTOK"
-    4       1     version       1
+    4       1     version       2
     5       1     augmentation  uint8 view id (see ``token_views.VIEW_NAMES``)
-    6       2     num_tokens    uint16 n
+    6       2     num_tokens    uint16 n (every record of a dataset has the same n)
     8       4     label         int32
     12      8     index         int64, the record's index in the image source
-    20      2 n   tokens        uint16 [n]
+    20      2     length        uint16 in [1, n]: the image's own number of tokens (n, or the
+                                adaptive k of ``tokenize_dataset(quality=...)``)
+    22      2     reserved      0
+    24      2 n   tokens        uint16 [n] (all n ids; an image of length k uses the first k)
 
 Why not pickle or msgpack: reading a record must never execute code, the layout is readable by
 ``np.frombuffer`` in any language without our code, every field is validated on read, and it is
@@ -27,17 +30,17 @@ from typing import Any
 import numpy as np
 
 MAGIC = b"FTOK"
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 FORMAT = "flextok_token_dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 PLAN_NAME = "plan.json"
 MAX_VOCAB_SIZE = 2**16
-HEADER_BYTES = 20
+HEADER_BYTES = 24
 
 LAYOUT_DESCRIPTION = (
     "little-endian packed struct: magic S4 'FTOK', version u1, augmentation u1, num_tokens u2, "
-    "label i4, index i8, tokens u2[num_tokens]"
+    "label i4, index i8, length u2, reserved u2, tokens u2[num_tokens]"
 )
 
 
@@ -51,16 +54,24 @@ def record_dtype(num_tokens: int) -> np.dtype:
             ("num_tokens", "<u2"),
             ("label", "<i4"),
             ("index", "<i8"),
+            ("length", "<u2"),
+            ("reserved", "<u2"),
             ("tokens", "<u2", (int(num_tokens),)),
         ]
     )
 
 
-def encode_records(tokens: np.ndarray, labels: np.ndarray, indices: np.ndarray, augmentations: np.ndarray) -> list[bytes]:
-    """tokens [R, n] (values < 65 536), labels / indices / augmentations [R] -> R records."""
+def encode_records(tokens: np.ndarray, labels: np.ndarray, indices: np.ndarray, augmentations: np.ndarray,
+                   lengths: np.ndarray | None = None) -> list[bytes]:
+    """tokens [R, n] (values < 65 536), labels / indices / augmentations [R], lengths [R] in
+    [1, n] (default n) -> R records."""
     tokens = np.asarray(tokens)
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [R, n], got shape {tokens.shape}")
+    lengths = np.full(tokens.shape[0], tokens.shape[1]) if lengths is None else np.asarray(lengths)
+    if lengths.shape != tokens.shape[:1] or (lengths.size and (lengths.min() < 1 or lengths.max() > tokens.shape[1])):
+        raise ValueError(f"lengths must be [{tokens.shape[0]}] in [1, {tokens.shape[1]}], got shape {lengths.shape}"
+                         + (f", range [{lengths.min()}, {lengths.max()}]" if lengths.size else ""))
     if tokens.size and (tokens.min() < 0 or tokens.max() >= MAX_VOCAB_SIZE):
         raise ValueError(f"token ids must lie in [0, {MAX_VOCAB_SIZE}), got [{tokens.min()}, {tokens.max()}]")
     rows = np.zeros(tokens.shape[0], record_dtype(tokens.shape[1]))
@@ -70,6 +81,7 @@ def encode_records(tokens: np.ndarray, labels: np.ndarray, indices: np.ndarray, 
     rows["num_tokens"] = tokens.shape[1]
     rows["label"] = labels
     rows["index"] = indices
+    rows["length"] = lengths
     rows["tokens"] = tokens
     return [row.tobytes() for row in rows]
 
@@ -95,6 +107,10 @@ def decode_records(records: Sequence[bytes], num_tokens: int, where: Callable[[i
     if wrong_n.any():
         i = int(np.argmax(wrong_n))
         raise ValueError(f"{where(i)}: record holds {rows['num_tokens'][i]} tokens, the manifest says {num_tokens}")
+    bad_length = (rows["length"] < 1) | (rows["length"] > num_tokens)
+    if bad_length.any():
+        i = int(np.argmax(bad_length))
+        raise ValueError(f"{where(i)}: record length {rows['length'][i]} outside [1, {num_tokens}]")
     return rows
 
 

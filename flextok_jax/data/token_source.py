@@ -69,7 +69,7 @@ def _open_shard(path: pathlib.Path, expected: int) -> None:
 
 class TokenDataSource:
     """Random-access token records: ``{"tokens": int32 [n], "label": int32, "index": int64,
-    "augmentation": int32}``, in manifest (shard, then record) order.
+    "augmentation": int32, "length": int32}``, in manifest (shard, then record) order.
 
     ``path`` is a token dataset folder or its ``manifest.json``. Every shard is opened once here
     to check that it holds the number of records the manifest lists.
@@ -93,6 +93,7 @@ class TokenDataSource:
         if self._len == 0:
             raise ValueError(f"{self.path}: the token dataset holds no records")
         self._records = ArrayRecordDataSource([_Shard(f, 0, n, n) for f, n in zip(self._files, counts)])
+        self._record_lengths: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self._len
@@ -107,7 +108,8 @@ class TokenDataSource:
 
     def read_batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
         """Records ``indices`` -> ``{"tokens": int32 [B, n], "label": int32 [B], "index": int64 [B],
-        "augmentation": int32 [B]}``, decoded in one go (token records all have one size)."""
+        "augmentation": int32 [B], "length": int32 [B]}``, decoded in one go (token records all
+        have one size)."""
         indices = [int(i) for i in indices]
         for i in indices:
             if not 0 <= i < self._len:
@@ -128,11 +130,19 @@ class TokenDataSource:
             j = int(np.argmax(row_max))
             raise ValueError(f"{self._where(indices[j])}: token id {row_max[j]} >= vocab_size {self.vocab_size}")
         return {"tokens": tokens, "label": rows["label"].astype(np.int32), "index": rows["index"].astype(np.int64),
-                "augmentation": rows["augmentation"].astype(np.int32)}
+                "augmentation": rows["augmentation"].astype(np.int32), "length": rows["length"].astype(np.int32)}
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        """One record: tokens int32 [n], label int32, index int64, augmentation int32 (view id)."""
+        """One record: tokens int32 [n], label int32, index int64, augmentation int32 (view id),
+        length int32 (its own number of tokens)."""
         return {k: v[0] for k, v in self.read_batch([index]).items()}
+
+    def record_lengths(self, chunk: int = 65_536) -> np.ndarray:
+        """int32 [len(self)]: every record's ``length``, read once (in chunks) and kept."""
+        if self._record_lengths is None:
+            self._record_lengths = np.concatenate([
+                self.read_batch(range(a, min(a + chunk, self._len)))["length"] for a in range(0, self._len, chunk)])
+        return self._record_lengths
 
 
 def check_compatible(manifest_or_source: TokenDataSource | Mapping[str, Any] | str | os.PathLike,

@@ -17,12 +17,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flextok_jax import generator
 from flextok_jax.generator import TextCondition
 from flextok_jax.text import MiniLM
 from flextok_jax.text import captions as C
 from flextok_jax.train.generator_task import GeneratorTask
-from flextok_jax.train.task import Metrics
 
 
 class TextGeneratorTask(GeneratorTask):
@@ -68,8 +66,8 @@ class TextGeneratorTask(GeneratorTask):
     def pretrained(self) -> dict[str, Any]:
         return {"captions": self.caption_features()}
 
-    def loss(self, params: Any, frozen: Any, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, Metrics]:
-        tokens = batch["tokens"][:, : self.gen.config.max_tokens]
+    def condition(self, frozen: Any, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[Any, jax.Array]:
+        """Each image's caption features: a training template of its class, drawn per step."""
         r_caption, r_drop = jax.random.split(rng)
         labels = batch["label"]
         choice = jax.random.randint(r_caption, labels.shape, 0, self.caption_ids.shape[1])
@@ -77,7 +75,7 @@ class TextGeneratorTask(GeneratorTask):
         table = frozen["captions"]
         cond = TextCondition(tokens=table["tokens"][ids], mask=table["mask"][ids] > 0, pooled=table["pooled"][ids],
                              null=jnp.zeros(labels.shape, bool))
-        return generator.next_token_loss(self.gen, params, cond, tokens, r_drop, self.class_dropout)
+        return cond, r_drop
 
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(), "captions": list(self.captions),
