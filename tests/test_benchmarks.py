@@ -65,3 +65,18 @@ def test_table_numbers_are_consistent(table):
         assert 0 < v["% ceiling"] < 150, row
     encoder = {r[2]: float(r[6]) for r in rows if r[0].endswith(" encoder")}
     assert encoder["2"] < encoder["16"], encoder
+
+
+def test_bucketed_train_rows():
+    """train_generator --buckets: one step per bucket at equal tokens per step, and the fixed-length
+    step; shorter sequences spend less attention, so a bucket-8 step costs fewer FLOPs than the
+    fixed 256-token step holding the same 512 tokens."""
+    out = run_cli("train_generator", "--size", "tiny", "--batch", "2", "--buckets", "8", "32", "256",
+                  "--tokens_per_step", "512", "--repeats", "1", "--ceiling-size", "256")
+    header, rows = parse_table(out)
+    steps = {r[0].split(", ")[-1]: dict(zip(header, r)) for r in rows if "ar train step," in r[0]}
+    assert set(steps) == {"bucket 8", "bucket 32", "bucket 256", "fixed 256"}, steps
+    assert [int(steps[f"bucket {n}"]["batch"]) for n in (8, 32, 256)] == [64, 16, 2]
+    flops = {name: float(v["GFLOP/image"]) * int(v["batch"]) for name, v in steps.items()}
+    assert flops["bucket 8"] < flops["bucket 32"] < flops["fixed 256"], flops
+    np.testing.assert_allclose(flops["bucket 256"], flops["fixed 256"], rtol=1e-6)

@@ -271,3 +271,23 @@ def test_tokenize_dataset_quality_stores_each_records_adaptive_length(token_dir,
     counts = {int(k): v for k, v in source.manifest["length_counts"].items()}
     assert counts == {int(k): int(c) for k, c in zip(*np.unique(found.num_tokens, return_counts=True))}
     assert set(counts) == {1, 8}, counts
+
+
+def test_bucketed_vs_fixed_comparison_runs_both_and_scores_bands(token_dir, tmp_path):
+    from flextok_jax.benchmarks import buckets as B
+
+    results = B.run_comparison(token_dir, str(tmp_path), steps=6, batch=16, lengths=(2, 4, 8), eval_records=64)
+    assert set(results) == {"fixed", "bucketed"}
+    for name, row in results.items():
+        assert row["seconds"] > 0 and row["tokens_per_s"] > 0
+        assert {"loss", "loss/pos_001", "loss/pos_002-004", "loss/pos_005-016"} <= set(row), row
+    # The band losses are the teacher-forced cross-entropy at full length, independently in numpy.
+    gen, params = generator.load_generator(os.path.join(tmp_path, "fixed", "export", EXPORT_FILE))
+    rows = TokenDataSource(token_dir).read_batch(range(64))
+    logits = np.asarray(gen.logits(params, rows["label"], rows["tokens"]), np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(logp, rows["tokens"][..., None], -1)[..., 0]  # [64, 8]
+    np.testing.assert_allclose(results["fixed"]["loss"], ce.mean(), rtol=1e-5)
+    np.testing.assert_allclose(results["fixed"]["loss/pos_005-016"], ce[:, 4:].mean(), rtol=1e-5)
+    assert "bucketed" in B.format_comparison(results) and "loss/pos_001" in B.format_comparison(results)

@@ -1,4 +1,5 @@
 """``python -m flextok_jax.benchmarks {tokenize,detokenize,train,generate,train_generator,all} [--size d12|tiny]``
+(``train_generator --buckets 8 16 32 64 128 256``: also one step per bucket of length-bucketed training)
 
 Prints one table row per measured program: seconds is the median of a few runs after a warm-up
 (compilation) run; FLOPs come from XLA's cost analysis (loop bodies times their trip count);
@@ -42,6 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--steps", type=int, default=20, help="sampling steps of detokenize")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per row (median)")
+    ap.add_argument("--buckets", type=int, nargs="+", default=None,
+                    help="train_generator: also time one step per bucket length at --tokens_per_step, against "
+                         "the fixed-length step (length-bucketed training)")
+    ap.add_argument("--tokens_per_step", type=int, default=16_384, help="train_generator --buckets: tokens per step")
     ap.add_argument("--ceiling-size", type=int, default=CEILING_N, help="n of the n^3 matmul ceiling")
     return ap.parse_args(argv)
 
@@ -82,6 +87,15 @@ def main(argv: list[str] | None = None) -> None:
             row, tokens_per_s = train_step_row(args.size, b, dtype=args.dtype, repeats=args.repeats, ceiling_n=cn)
             rows.append(row)
             print(f"# {row.what} batch {b}: {tokens_per_s:.4g} tokens/s", file=sys.stderr)
+        if args.buckets:
+            from flextok_jax.benchmarks.generator import bucketed_train_rows
+
+            bucket_rows, summary = bucketed_train_rows(args.size, args.buckets, args.tokens_per_step, dtype=args.dtype,
+                                                       repeats=args.repeats, ceiling_n=cn)
+            rows += bucket_rows
+            print(f"# length-bucketed training at {args.tokens_per_step} tokens/step, buckets {args.buckets} "
+                  f"(equal weights): {summary['bucketed_tokens_per_s']:.4g} tokens/s; fixed "
+                  f"{bucket_rows[-1].k}: {summary['fixed_tokens_per_s']:.4g} tokens/s", file=sys.stderr)
     print_table(rows)
     dev = device_peak_mib()
     if dev is not None:

@@ -18,6 +18,7 @@ import numpy as np
 from flextok_jax.benchmarks.models import random_params
 from flextok_jax.benchmarks.timing import CEILING_N, Row, compiled_cost, matmul_ceiling, median_seconds, peak_rss_mib
 from flextok_jax.benchmarks.train import benchmark_train_step
+from flextok_jax.data.token_buckets import plan_buckets
 from flextok_jax.generator import Generator, preset, sampler
 from flextok_jax.train import config as train_config
 
@@ -100,6 +101,28 @@ def sampler_rows(
     return rows
 
 
+def _train_config(size: str, batch: int, num_tokens: int | None, dtype: str) -> tuple[Any, ml_collections.ConfigDict]:
+    cfg = preset(size, dtype=dtype, **({"max_tokens": num_tokens} if num_tokens else {}))
+    config = train_config.generator_base_config(ml_collections.ConfigDict(
+        {k: v for k, v in cfg.to_dict().items() if k != "dtype"}))
+    config.dtype = dtype
+    config.train.global_batch_size = batch
+    config.mesh.shape = (1, 1, 1)
+    return cfg, config
+
+
+def _timed_train_step(config: ml_collections.ConfigDict, cfg: Any, batch: int, length: int, dtype: str,
+                      repeats: int, ceiling_n: int, what: str) -> Row:
+    rng = np.random.default_rng(1)
+    host = {"tokens": rng.integers(0, cfg.vocab_size, (batch, length), dtype=np.int32),
+            "label": (np.arange(batch) % cfg.num_classes).astype(np.int32)}
+    before = matmul_ceiling(jnp.dtype(dtype), ceiling_n, repeats=3)
+    out = benchmark_train_step(config, host, steps=repeats, devices=jax.devices()[:1])
+    ceiling = max(before, matmul_ceiling(jnp.dtype(dtype), ceiling_n, repeats=3))
+    return Row(what, batch, str(length), dtype, out["step_s"], out["flops_per_step"], ceiling, float("nan"),
+               peak_rss_mib())
+
+
 def train_step_row(
     size: str,
     batch: int,
@@ -111,19 +134,33 @@ def train_step_row(
     """(row, train tokens/s) of the training system's jitted generator step (``TrainSetup`` with
     task='generator': next-token loss + grad + AdamW + EMA) on ``batch`` sequences of
     ``num_tokens`` (default: max_tokens) random ids, one device."""
-    cfg = preset(size, dtype=dtype, **({"max_tokens": num_tokens} if num_tokens else {}))
-    config = train_config.generator_base_config(ml_collections.ConfigDict(
-        {k: v for k, v in cfg.to_dict().items() if k != "dtype"}))
-    config.dtype = dtype
-    config.train.global_batch_size = batch
-    config.mesh.shape = (1, 1, 1)
-    t = cfg.max_tokens
-    rng = np.random.default_rng(1)
-    host = {"tokens": rng.integers(0, cfg.vocab_size, (batch, t), dtype=np.int32),
-            "label": (np.arange(batch) % cfg.num_classes).astype(np.int32)}
-    before = matmul_ceiling(jnp.dtype(dtype), ceiling_n, repeats=3)
-    out = benchmark_train_step(config, host, steps=repeats, devices=jax.devices()[:1])
-    ceiling = max(before, matmul_ceiling(jnp.dtype(dtype), ceiling_n, repeats=3))
-    row = Row(f"{size} ar train step", batch, str(t), dtype, out["step_s"], out["flops_per_step"], ceiling,
-              float("nan"), peak_rss_mib())
-    return row, batch * t / row.seconds
+    cfg, config = _train_config(size, batch, num_tokens, dtype)
+    row = _timed_train_step(config, cfg, batch, cfg.max_tokens, dtype, repeats, ceiling_n, f"{size} ar train step")
+    return row, batch * cfg.max_tokens / row.seconds
+
+
+def bucketed_train_rows(
+    size: str,
+    lengths: Sequence[int],
+    tokens_per_step: int,
+    dtype: str = "float32",
+    repeats: int = 3,
+    ceiling_n: int = CEILING_N,
+) -> tuple[list[Row], dict[str, float]]:
+    """One row per bucket of a length-bucketed plan (``token_buckets.plan_buckets``, equal
+    weights) and one for the fixed-length step at the longest bucket's length (the model's
+    max_tokens) with the same tokens per step; and
+    a summary: tokens/s of the bucket mix (expected step time = mean over buckets) and of the
+    fixed step."""
+    cfg, config = _train_config(size, 1, max(lengths), dtype)  # positions for the longest bucket
+    plan = plan_buckets(tuple(lengths), tokens_per_step)
+    rows = [_timed_train_step(config, cfg, b, n, dtype, repeats, ceiling_n, f"{size} ar train step, bucket {n}")
+            for n, b in zip(plan.lengths, plan.batch_sizes)]
+    fixed_batch = max(1, tokens_per_step // cfg.max_tokens)
+    fixed = _timed_train_step(config, cfg, fixed_batch, cfg.max_tokens, dtype, repeats, ceiling_n,
+                              f"{size} ar train step, fixed {cfg.max_tokens}")
+    mix_s = float(np.dot(plan.weights, [r.seconds for r in rows]))
+    mix_tokens = float(np.dot(plan.weights, plan.tokens_per_step))
+    summary = {"bucketed_tokens_per_s": mix_tokens / mix_s,
+               "fixed_tokens_per_s": fixed_batch * cfg.max_tokens / fixed.seconds}
+    return rows + [fixed], summary

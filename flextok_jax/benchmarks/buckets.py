@@ -1,0 +1,142 @@
+"""Length-bucketed vs fixed-length generator training at equal compute, on a token dataset.
+
+    python -m flextok_jax.benchmarks.buckets --tokens WORKDIR/tokens --workdir /tmp/buckets \\
+        [--tokenizer WORKDIR/export/flextok.safetensors --classifier WORKDIR/classifier.safetensors]
+
+Trains the same generator (the main job's: depth 4, width 128) twice through the training
+system, for the same number of steps at the same tokens per step: once on full-length sequences
+(``max_tokens``, the fixed baseline), once length-bucketed (``data.buckets``, mode 'prefix',
+equal weights). Prints, per run: wall seconds, training tokens/s, and the teacher-forced loss per
+position band at full length on ``--eval_records`` records (the same records for both, class
+dropout off); with a tokenizer and a Fashion-MNIST classifier also the share of generated samples
+classified as the class asked for, per k (the main job's proxy).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from flextok_jax import generator
+from flextok_jax.data.token_source import TokenDataSource
+from flextok_jax.generator.loss import next_token_loss
+from flextok_jax.train import config as train_config
+from flextok_jax.train import train
+from flextok_jax.train.generator_task import EXPORT_FILE
+
+
+def comparison_config(tokens: str, steps: int, batch: int, lengths: Sequence[int] | None) -> ml_collections.ConfigDict:
+    """The main job's generator recipe over ``tokens`` (vocabulary, n and classes from its
+    manifest and records); bucketed over ``lengths`` at batch x n tokens per step when given."""
+    source = TokenDataSource(tokens)
+    num_classes = int(source.read_batch(range(min(len(source), 4096)))["label"].max()) + 1
+    c = train_config.generator_base_config(train_config.generator_model(
+        depth=4, num_classes=num_classes, vocab_size=source.vocab_size, max_tokens=source.num_tokens, dim=128,
+        num_heads=2, head_dim=64))
+    c.data.tokens = os.path.abspath(tokens)
+    c.train.global_batch_size = batch
+    c.train.total_steps = steps
+    c.optimizer.lr = 1e-3
+    c.optimizer.warmup_steps = min(100, steps // 8)
+    c.optimizer.ema_decay = 0.99
+    c.checkpoint.every_steps = steps
+    c.log.every_steps = max(1, steps // 20)
+    if lengths:
+        c.data.buckets.enabled = True
+        c.data.buckets.lengths = tuple(lengths)
+        c.data.buckets.tokens_per_step = batch * source.num_tokens
+    return c
+
+
+def band_losses(gen: generator.Generator, params: Any, source: TokenDataSource, num_records: int,
+                batch: int = 256) -> dict[str, float]:
+    """Teacher-forced loss per position band at full length (``next_token_loss`` metrics, no
+    condition dropout) over the first ``num_records`` records."""
+    loss_fn = jax.jit(lambda p, labels, tokens: next_token_loss(gen, p, labels, tokens, jax.random.key(0), 0.0)[1])
+    sums: dict[str, float] = {}
+    count = 0
+    for start in range(0, min(num_records, len(source)), batch):
+        rows = source.read_batch(range(start, min(start + batch, num_records, len(source))))
+        metrics = jax.device_get(loss_fn(params, rows["label"], rows["tokens"][:, : gen.config.max_tokens]))
+        n = len(rows["label"])
+        for k, v in metrics.items():
+            if k == "loss" or k.startswith("loss/pos"):
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+        count += n
+    return {k: v / count for k, v in sums.items()}
+
+
+def sample_accuracy(gen: generator.Generator, params: Any, tokenizer_path: str, classifier_path: str,
+                    per_class: int = 10) -> dict[int, float]:
+    """Share of generated samples (guidance 3, decoder guidance 3, 10 Euler steps) that the
+    Fashion-MNIST classifier assigns to the class asked for, per k = 1, 2, 4, ... n."""
+    from flextok_jax.evaluate import classifier as classifier_lib
+    from flextok_jax.params_io import load_model
+
+    tokenizer, tparams = load_model(tokenizer_path)
+    clf = classifier_lib.load_classifier(classifier_path)
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= gen.config.max_tokens]
+    labels = np.repeat(np.arange(gen.config.num_classes, dtype=np.int32), per_class)
+    samples = generator.generate_images_by_k(gen, params, tokenizer, tparams, labels, ks, cfg_scale=3.0,
+                                             rng=jax.random.key(0), num_steps=10, guidance_scale=3.0,
+                                             decode_rng=jax.random.key(1))
+    return classifier_lib.class_accuracy_by_k(clf, samples, labels, ks)
+
+
+def run_comparison(tokens: str, workdir: str, steps: int, batch: int, lengths: Sequence[int], eval_records: int,
+                   tokenizer: str | None = None, classifier: str | None = None) -> dict[str, dict[str, Any]]:
+    """Both runs (fixed, then bucketed) in WORKDIR/fixed and WORKDIR/bucketed; their results."""
+    source = TokenDataSource(tokens)
+    results = {}
+    for name, buckets in (("fixed", None), ("bucketed", lengths)):
+        config = comparison_config(tokens, steps, batch, buckets)
+        config.log.progress = False
+        t0 = time.perf_counter()
+        out = train(config, os.path.join(workdir, name))
+        seconds = time.perf_counter() - t0
+        gen, params = generator.load_generator(os.path.join(workdir, name, "export", EXPORT_FILE))
+        row: dict[str, Any] = {"seconds": seconds, "tokens_per_s": steps * batch * source.num_tokens / seconds,
+                               "final_train_loss": out["loss"], **band_losses(gen, params, source, eval_records)}
+        if tokenizer and classifier:
+            row["sample_accuracy"] = sample_accuracy(gen, params, tokenizer, classifier)
+        results[name] = row
+    return results
+
+
+def format_comparison(results: dict[str, dict[str, Any]]) -> str:
+    names = list(results)
+    keys = ["seconds", "tokens_per_s"] + sorted(k for k in results[names[0]] if k.startswith("loss"))
+    lines = ["metric | " + " | ".join(f"{n:>10}" for n in names), "-|-" + "-|-".join("-" * 10 for _ in names)]
+    lines += [f"{k} | " + " | ".join(f"{results[n][k]:10.4g}" for n in names) for k in keys]
+    if "sample_accuracy" in results[names[0]]:
+        for k in results[names[0]]["sample_accuracy"]:
+            lines.append(f"samples k={k} | " + " | ".join(f"{results[n]['sample_accuracy'][k]:10.1%}" for n in names))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m flextok_jax.benchmarks.buckets", description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", required=True, help="a token dataset folder (flextok tokenize-dataset)")
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--batch", type=int, default=64, help="sequences per step of the fixed run")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[2, 4, 8, 16], help="bucket lengths")
+    ap.add_argument("--eval_records", type=int, default=4096)
+    ap.add_argument("--tokenizer", help="the tokenizer export, for the sample accuracy")
+    ap.add_argument("--classifier", help="a Fashion-MNIST classifier file, for the sample accuracy")
+    args = ap.parse_args(argv)
+    results = run_comparison(args.tokens, args.workdir, args.steps, args.batch, args.lengths, args.eval_records,
+                             args.tokenizer, args.classifier)
+    print(format_comparison(results))
+    with open(os.path.join(args.workdir, "comparison.json"), "w") as f:
+        json.dump(results, f, indent=1, default=float)
+
+
+if __name__ == "__main__":
+    main()
