@@ -323,6 +323,7 @@ def tokenize_dataset_command(args: argparse.Namespace) -> int:
         num_tokens=args.num_tokens, records_per_shard=args.records_per_shard, augment=tuple(args.augment),
         mesh=mesh, metadata={"checkpoint": os.path.abspath(args.checkpoint), "data": data},
         quality=args.quality, quality_steps=args.quality_steps, quality_seed=args.quality_seed,
+        caption_key=args.caption_key,
     )
     print(json.dumps(summary))
     return 0
@@ -350,6 +351,8 @@ def add_tokenize_dataset_parser(sub: Any) -> None:
     p.add_argument("--num_tokens", type=int, help="keep only the first k tokens (default: all)")
     add_quality_arguments(p, "stores it as each record's length (all n ids are kept), for length-bucketed "
                              "training with EOS")
+    p.add_argument("--caption_key", help="store each record's caption from this text feature of the source "
+                   "('caption' for an image folder with captions.jsonl or sidecar .txt files; a tfds text feature)")
     p.add_argument("--augment", nargs="*", default=[], choices=AUGMENTATIONS,
                    help="extra views per image: flip, and/or crop (ten-crop with flip)")
     p.add_argument("--batch_size", type=int, default=64, help="per process; divisible by its device count")

@@ -260,18 +260,32 @@ def test_record_layout_is_the_documented_struct():
     assert struct.unpack("<4sBBHiqHH", records[0][:24]) == (b"FTOK", 2, 0, 3, 4, 2**40, 3, 0)
     assert struct.unpack("<4sBBHiqHH", records[1][:24]) == (b"FTOK", 2, 11, 3, -1, 3, 1, 0)
     assert np.frombuffer(records[0][24:], "<u2").tolist() == [0, 999, 65535]
-    rows = R.decode_records(records, 3, "record {}".format)
+    rows, captions = R.decode_records(records, 3, "record {}".format)
     np.testing.assert_array_equal(rows["tokens"], tokens)
     np.testing.assert_array_equal(rows["length"], [3, 1])
-    assert R.decode_records(R.encode_records(tokens, np.int32([0, 0]), np.int64([0, 1]), np.uint8([0, 0])), 3,
-                            "record {}".format)["length"].tolist() == [3, 3]  # default: every token
+    assert captions == ["", ""]
+    rows, _ = R.decode_records(R.encode_records(tokens, np.int32([0, 0]), np.int64([0, 1]), np.uint8([0, 0])), 3,
+                               "record {}".format)
+    assert rows["length"].tolist() == [3, 3]  # default: every token
+    # A caption follows the tokens as UTF-8, its byte count in the header.
+    with_text = R.encode_records(tokens, np.int32([0, 0]), np.int64([0, 1]), np.uint8([0, 0]),
+                                 captions=["a café", ""])
+    assert len(with_text[0]) == 30 + 7 and with_text[0][30:] == "a café".encode()
+    assert struct.unpack("<H", with_text[0][22:24]) == (7,)
+    assert R.decode_records(with_text, 3, "record {}".format)[1] == ["a café", ""]
+    with pytest.raises(ValueError, match="record 0: record has 36 bytes, expected 30 for 3 tokens \\+ 7 of caption"):
+        R.decode_records([with_text[0][:-1]], 3, "record {}".format)
+    with pytest.raises(ValueError, match="record 0: caption is not UTF-8"):
+        R.decode_records([with_text[0][:-2] + b"\xff\xfe"], 3, "record {}".format)
+    with pytest.raises(ValueError, match="caption of record 1 has 65536 bytes"):
+        R.encode_records(tokens, np.int32([0, 0]), np.int64([0, 1]), np.uint8([0, 0]), captions=["", "x" * 65536])
     with pytest.raises(ValueError, match=r"lengths must be \[2\] in \[1, 3\]"):
         R.encode_records(tokens, np.int32([0, 0]), np.int64([0, 1]), np.uint8([0, 0]), np.array([0, 3]))
     bad = bytearray(records[1])
     bad[20:22] = struct.pack("<H", 4)
     with pytest.raises(ValueError, match=r"record 0: record length 4 outside \[1, 3\]"):
         R.decode_records([bytes(bad)], 3, "record {}".format)
-    with pytest.raises(ValueError, match="record 1: record has 5 bytes, expected 30 for 3 tokens"):
+    with pytest.raises(ValueError, match="record 1: record has 5 bytes, expected at least 30 for 3 tokens"):
         R.decode_records([records[0], b"12345"], 3, "record {}".format)
     with pytest.raises(ValueError, match="record 0: not a token record"):
         R.decode_records([b"X" + records[0][1:]], 3, "record {}".format)

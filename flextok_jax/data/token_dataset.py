@@ -61,22 +61,50 @@ class _SkipLog(SkipCounter):
         self.records.append(record)
 
 
-class _RenderViews(grain.transforms.Map):
-    """A loaded record -> ``{"views": float32 [V, S, S, 3], "label", "index"}``; failures -> markers."""
+def caption_text(value: Any, where: str) -> str:
+    """A record's caption feature -> str: text, UTF-8 bytes, or a sequence of them (the first,
+    e.g. one of COCO's five captions); ValueError naming ``where`` otherwise."""
+    if isinstance(value, np.ndarray):
+        value = value.item() if value.ndim == 0 else (list(value) or "")
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else ""
+    if isinstance(value, (bytes, np.bytes_)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{where}: caption is not UTF-8 ({e})") from e
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: caption must be text, got {type(value).__name__}")
+    return value.strip()
 
-    def __init__(self, image_size: int, ids: Sequence[int]) -> None:
+
+class _RenderViews(grain.transforms.Map):
+    """A loaded record -> ``{"views": float32 [V, S, S, 3], "label", "index"(, "caption")}``;
+    failures -> markers. ``caption_key``: the record's text feature, or None."""
+
+    def __init__(self, image_size: int, ids: Sequence[int], caption_key: str | None = None) -> None:
         self._image_size = int(image_size)
         self._ids = tuple(ids)
         self._decode = DecodeImage()
+        self._caption_key = caption_key
 
     def map(self, record: dict[str, Any] | SkippedRecord) -> dict[str, Any] | SkippedRecord:
         if is_skipped(record):
             return record
+        caption = ""
+        if self._caption_key is not None:
+            if self._caption_key not in record:
+                return SkippedRecord(record["index"], f"no caption feature {self._caption_key!r} "
+                                                      f"(record keys: {sorted(record)})")
+            try:
+                caption = caption_text(record[self._caption_key], f"record {record['index']}")
+            except ValueError as e:
+                return SkippedRecord(record["index"], str(e))
         decoded = self._decode.map(record)
         if is_skipped(decoded):
             return decoded
         views = render_views(decoded["image"], self._image_size, self._ids)
-        return {"views": views, "label": decoded["label"], "index": record["index"]}
+        return {"views": views, "label": decoded["label"], "index": record["index"], "caption": caption}
 
 
 def shard_ranges(num_images: int, images_per_shard: int) -> list[tuple[int, int]]:
@@ -108,7 +136,8 @@ def _source_description(source: Any) -> dict[str, Any]:
 
 def _make_plan(model: Any, source: Any, image_size: int, num_tokens: int, ids: Sequence[int],
                augment: Sequence[str], images_per_shard: int, records_per_shard: int,
-               metadata: Mapping[str, Any] | None, quality: dict[str, Any] | None) -> dict[str, Any]:
+               metadata: Mapping[str, Any] | None, quality: dict[str, Any] | None,
+               caption_key: str | None) -> dict[str, Any]:
     num_shards = len(shard_ranges(len(source), images_per_shard))
     return {
         "format": R.FORMAT,
@@ -127,6 +156,8 @@ def _make_plan(model: Any, source: Any, image_size: int, num_tokens: int, ids: S
         "num_shards": num_shards,
         # None: every record's length is num_tokens; else the adaptive target that chose them.
         "quality": quality,
+        # The source feature the records' captions come from (None: no captions).
+        "caption_key": caption_key,
         "metadata": dict(metadata or {}),
     }
 
@@ -208,7 +239,7 @@ def _write_shard(path: pathlib.Path, records: Sequence[bytes]) -> None:
     os.replace(tmp, path)
 
 
-def _tokenize_shard(source: Any, start: int, stop: int, render: _RenderViews, ids: Sequence[int],
+def _tokenize_shard(source: Any, start: int, stop: int, render: _RenderViews, ids: Sequence[int], captioned: bool,
                     tokenize: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], batch_size: int, read_threads: int,
                     bar: Any) -> tuple[list[bytes], dict[str, Any]]:
     """Tokenize source[start:stop] -> (records, stats) of one shard."""
@@ -219,7 +250,7 @@ def _tokenize_shard(source: Any, start: int, stop: int, render: _RenderViews, id
 
     def kept_elements() -> Iterator[dict[str, Any]]:
         for element in elements.filter(DropSkipped(skips, repr(source))):
-            kept.append({"label": element["label"], "index": element["index"]})
+            kept.append({"label": element["label"], "index": element["index"], "caption": element["caption"]})
             bar.update(1)
             yield element
 
@@ -234,6 +265,7 @@ def _tokenize_shard(source: Any, start: int, stop: int, render: _RenderViews, id
             indices=np.repeat([e["index"] for e in kept], len(ids)).astype(np.int64),
             augmentations=np.tile(np.asarray(ids, np.uint8), len(kept)),
             lengths=lengths,
+            captions=[e["caption"] for e in kept for _ in ids] if captioned else None,
         )
     stats = {
         "num_records": len(records),
@@ -298,6 +330,7 @@ def tokenize_dataset(
     quality: float | None = None,
     quality_steps: int = 4,
     quality_seed: int = 0,
+    caption_key: str | None = None,
 ) -> dict[str, Any]:
     """Tokenize every image of ``source`` (and its augmented views) into ``out_dir``.
 
@@ -314,6 +347,9 @@ def tokenize_dataset(
     ``quality``: each record's ``length`` is the fewest tokens (1, 2, 4, ..., n) that reconstruct
     the view to within this distance (``FlexTok.tokenize_adaptive`` with ``quality_steps`` /
     ``quality_seed``; all n ids are stored); the manifest's ``length_counts`` is the histogram.
+    ``caption_key``: store each record's caption from this text feature of the source (e.g.
+    "caption" of an image folder with sidecar .txt files or a captions.jsonl; a tfds text feature);
+    a record without it, or with a caption that is not text, is skipped and counted.
 
     Returns a summary: shards written / already complete, records written, images skipped,
     seconds, records per second and the manifest path (None until every shard exists).
@@ -344,7 +380,7 @@ def tokenize_dataset(
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = _make_plan(model, source, image_size, k, ids, augment, images_per_shard, records_per_shard, metadata,
-                      adaptive)
+                      adaptive, caption_key)
     _check_or_write_plan(out_dir, plan)
 
     done = [s for s in mine if _is_complete(out_dir, s, num_shards)]
@@ -352,7 +388,7 @@ def tokenize_dataset(
     if done:
         logger.info("%s: %d of this process's %d shards are complete; resuming", out_dir, len(done), len(mine))
     tokenize = _tokenizer(model, params, k, batch_size, mesh, adaptive)
-    render = _RenderViews(image_size, ids)
+    render = _RenderViews(image_size, ids, caption_key)
 
     t0 = time.perf_counter()
     records_written = skipped = 0
@@ -360,7 +396,8 @@ def tokenize_dataset(
     with tqdm(total=total, unit="img", desc="tokenize-dataset", disable=not progress) as bar:
         for s in todo:
             start, stop = ranges[s]
-            records, stats = _tokenize_shard(source, start, stop, render, ids, tokenize, batch_size, read_threads, bar)
+            records, stats = _tokenize_shard(source, start, stop, render, ids, caption_key is not None, tokenize,
+                                             batch_size, read_threads, bar)
             R.write_json_atomic(out_dir / R.stats_name(s, num_shards), stats)
             _write_shard(out_dir / R.shard_name(s, num_shards), records)
             records_written += len(records)

@@ -1,6 +1,7 @@
 """On-disk format of token datasets: one fixed binary layout per record, JSON manifests.
 
-A record is a packed little-endian struct (numpy structured dtype, 24 + 2 n bytes)::
+A record is a packed little-endian struct (numpy structured dtype, 24 + 2 n bytes), then its
+caption (c bytes of UTF-8; c = 0 without one)::
 
     offset  size  field
     0       4     magic         b"FTOK"
@@ -11,8 +12,9 @@ A record is a packed little-endian struct (numpy structured dtype, 24 + 2 n byte
     12      8     index         int64, the record's index in the image source
     20      2     length        uint16 in [1, n]: the image's own number of tokens (n, or the
                                 adaptive k of ``tokenize_dataset(quality=...)``)
-    22      2     reserved      0
+    22      2     caption_bytes uint16 c
     24      2 n   tokens        uint16 [n] (all n ids; an image of length k uses the first k)
+    24 + 2 n  c   caption       UTF-8 text (the image's caption, e.g. from a sidecar .txt)
 
 Why not pickle or msgpack: reading a record must never execute code, the layout is readable by
 ``np.frombuffer`` in any language without our code, every field is validated on read, and it is
@@ -36,11 +38,12 @@ FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 PLAN_NAME = "plan.json"
 MAX_VOCAB_SIZE = 2**16
+MAX_CAPTION_BYTES = 2**16 - 1
 HEADER_BYTES = 24
 
 LAYOUT_DESCRIPTION = (
     "little-endian packed struct: magic S4 'FTOK', version u1, augmentation u1, num_tokens u2, "
-    "label i4, index i8, length u2, reserved u2, tokens u2[num_tokens]"
+    "label i4, index i8, length u2, caption_bytes u2, tokens u2[num_tokens], caption utf-8[caption_bytes]"
 )
 
 
@@ -55,16 +58,16 @@ def record_dtype(num_tokens: int) -> np.dtype:
             ("label", "<i4"),
             ("index", "<i8"),
             ("length", "<u2"),
-            ("reserved", "<u2"),
+            ("caption_bytes", "<u2"),
             ("tokens", "<u2", (int(num_tokens),)),
         ]
     )
 
 
 def encode_records(tokens: np.ndarray, labels: np.ndarray, indices: np.ndarray, augmentations: np.ndarray,
-                   lengths: np.ndarray | None = None) -> list[bytes]:
+                   lengths: np.ndarray | None = None, captions: Sequence[str] | None = None) -> list[bytes]:
     """tokens [R, n] (values < 65 536), labels / indices / augmentations [R], lengths [R] in
-    [1, n] (default n) -> R records."""
+    [1, n] (default n), captions R strings (default none) -> R records."""
     tokens = np.asarray(tokens)
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [R, n], got shape {tokens.shape}")
@@ -83,19 +86,32 @@ def encode_records(tokens: np.ndarray, labels: np.ndarray, indices: np.ndarray, 
     rows["index"] = indices
     rows["length"] = lengths
     rows["tokens"] = tokens
-    return [row.tobytes() for row in rows]
+    if captions is None:
+        return [row.tobytes() for row in rows]
+    if len(captions) != tokens.shape[0]:
+        raise ValueError(f"{len(captions)} captions for {tokens.shape[0]} records")
+    texts = [str(c).encode("utf-8") for c in captions]
+    long = [i for i, t in enumerate(texts) if len(t) > MAX_CAPTION_BYTES]
+    if long:
+        raise ValueError(f"caption of record {long[0]} has {len(texts[long[0]])} bytes of UTF-8, at most "
+                         f"{MAX_CAPTION_BYTES} fit a record")
+    rows["caption_bytes"] = [len(t) for t in texts]
+    return [row.tobytes() + t for row, t in zip(rows, texts)]
 
 
-def decode_records(records: Sequence[bytes], num_tokens: int, where: Callable[[int], str]) -> np.ndarray:
-    """R records' bytes -> a structured array [R] of ``record_dtype(num_tokens)``.
+def decode_records(records: Sequence[bytes], num_tokens: int,
+                   where: Callable[[int], str]) -> tuple[np.ndarray, list[str]]:
+    """R records' bytes -> (a structured array [R] of ``record_dtype(num_tokens)``, R captions).
 
-    ValueError naming ``where(i)`` for the first malformed record i (size, magic, version, n).
+    ValueError naming ``where(i)`` for the first malformed record i (size, magic, version, n,
+    length, caption).
     """
     dtype = record_dtype(num_tokens)
     for i, data in enumerate(records):
-        if len(data) != dtype.itemsize:
-            raise ValueError(f"{where(i)}: record has {len(data)} bytes, expected {dtype.itemsize} for {num_tokens} tokens")
-    rows = np.frombuffer(b"".join(records), dtype)
+        if len(data) < dtype.itemsize:
+            raise ValueError(f"{where(i)}: record has {len(data)} bytes, expected at least {dtype.itemsize} for "
+                             f"{num_tokens} tokens")
+    rows = np.frombuffer(b"".join(bytes(data[: dtype.itemsize]) for data in records), dtype)
     bad = (rows["magic"] != MAGIC) | (rows["version"] != RECORD_VERSION)
     if bad.any():
         i = int(np.argmax(bad))
@@ -111,7 +127,17 @@ def decode_records(records: Sequence[bytes], num_tokens: int, where: Callable[[i
     if bad_length.any():
         i = int(np.argmax(bad_length))
         raise ValueError(f"{where(i)}: record length {rows['length'][i]} outside [1, {num_tokens}]")
-    return rows
+    captions = []
+    for i, data in enumerate(records):
+        tail = bytes(data[dtype.itemsize:])
+        if len(tail) != rows["caption_bytes"][i]:
+            raise ValueError(f"{where(i)}: record has {len(data)} bytes, expected {dtype.itemsize} for {num_tokens} "
+                             f"tokens + {rows['caption_bytes'][i]} of caption")
+        try:
+            captions.append(tail.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{where(i)}: caption is not UTF-8 ({e})") from e
+    return rows, captions
 
 
 def shard_name(shard: int, num_shards: int) -> str:

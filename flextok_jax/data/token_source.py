@@ -69,7 +69,7 @@ def _open_shard(path: pathlib.Path, expected: int) -> None:
 
 class TokenDataSource:
     """Random-access token records: ``{"tokens": int32 [n], "label": int32, "index": int64,
-    "augmentation": int32, "length": int32}``, in manifest (shard, then record) order.
+    "augmentation": int32, "length": int32, "caption": str}``, in manifest (shard, then record) order.
 
     ``path`` is a token dataset folder or its ``manifest.json``. Every shard is opened once here
     to check that it holds the number of records the manifest lists.
@@ -108,8 +108,8 @@ class TokenDataSource:
 
     def read_batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
         """Records ``indices`` -> ``{"tokens": int32 [B, n], "label": int32 [B], "index": int64 [B],
-        "augmentation": int32 [B], "length": int32 [B]}``, decoded in one go (token records all
-        have one size)."""
+        "augmentation": int32 [B], "length": int32 [B], "caption": object [B] of str ("" when the
+        image had none)}``, decoded in one go."""
         indices = [int(i) for i in indices]
         for i in indices:
             if not 0 <= i < self._len:
@@ -123,18 +123,19 @@ class TokenDataSource:
                 except Exception as e:  # noqa: BLE001
                     raise ValueError(f"{self._where(i)} is unreadable: {type(e).__name__}: {e}") from e
             raise
-        rows = R.decode_records(data, self.num_tokens, lambda j: self._where(indices[j]))
+        rows, captions = R.decode_records(data, self.num_tokens, lambda j: self._where(indices[j]))
         tokens = rows["tokens"].astype(np.int32)
         row_max = tokens.max(axis=1, initial=0)
         if (row_max >= self.vocab_size).any():
             j = int(np.argmax(row_max))
             raise ValueError(f"{self._where(indices[j])}: token id {row_max[j]} >= vocab_size {self.vocab_size}")
         return {"tokens": tokens, "label": rows["label"].astype(np.int32), "index": rows["index"].astype(np.int64),
-                "augmentation": rows["augmentation"].astype(np.int32), "length": rows["length"].astype(np.int32)}
+                "augmentation": rows["augmentation"].astype(np.int32), "length": rows["length"].astype(np.int32),
+                "caption": np.asarray(captions, dtype=object)}
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         """One record: tokens int32 [n], label int32, index int64, augmentation int32 (view id),
-        length int32 (its own number of tokens)."""
+        length int32 (its own number of tokens), caption str."""
         return {k: v[0] for k, v in self.read_batch([index]).items()}
 
     def record_lengths(self, chunk: int = 65_536) -> np.ndarray:
@@ -162,14 +163,15 @@ def check_compatible(manifest_or_source: TokenDataSource | Mapping[str, Any] | s
 
 
 class _ReadBatch(grain.transforms.Map):
-    """Record indices [B] -> ``{"tokens": int32 [B, n], "label": int32 [B]}``."""
+    """Record indices [B] -> ``{key: [B, ...]}`` for ``keys`` of ``TokenDataSource.read_batch``."""
 
-    def __init__(self, source: TokenDataSource) -> None:
+    def __init__(self, source: TokenDataSource, keys: Sequence[str]) -> None:
         self._source = source
+        self._keys = tuple(keys)
 
     def map(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         batch = self._source.read_batch(indices)
-        return {"tokens": batch["tokens"], "label": batch["label"]}
+        return {k: batch[k] for k in self._keys}
 
 
 def make_token_dataset(
@@ -183,9 +185,10 @@ def make_token_dataset(
     process_count: int | None = None,
     worker_count: int = 0,
     read_threads: int = 2,
+    keys: Sequence[str] = ("tokens", "label"),
 ) -> grain.IterDataset:
-    """Batches ``{"tokens": int32 [B, n], "label": int32 [B]}`` for this process, B =
-    global_batch_size // process_count.
+    """Batches ``{"tokens": int32 [B, n], "label": int32 [B]}`` (``keys`` of ``read_batch``, e.g.
+    also "caption") for this process, B = global_batch_size // process_count.
 
     As ``pipeline.make_dataset``: one seeded global shuffle of the records (reshuffled each
     epoch), then process p takes positions p, p + process_count, ...; ``iter(ds)`` is a grain
@@ -203,7 +206,7 @@ def make_token_dataset(
     if shuffle:
         ds = ds.shuffle()
     ds = ds.repeat(num_epochs)[process_index::process_count].batch(batch_size, drop_remainder=True)
-    ds = ds.map(_ReadBatch(source))
+    ds = ds.map(_ReadBatch(source, keys))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * max(read_threads, 1)))
     if worker_count > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))

@@ -242,6 +242,9 @@ def text_generator_base_config(model: ml_collections.ConfigDict, text_dim: int =
     model.max_text_tokens = max_text_tokens
     c = generator_base_config(model)
     c.task = "text_generator"
+    # 'templates': Fashion-MNIST class captions drawn per step (flextok_jax.text.captions);
+    # 'records': each record's own caption (tokenize-dataset --caption_key).
+    c.data.captions = "templates"
     return c
 
 

@@ -45,9 +45,12 @@ def _generator_task(config: ml_collections.ConfigDict) -> Task:
 
 
 def _text_generator_task(config: ml_collections.ConfigDict) -> Task:
-    from flextok_jax.train.text_generator_task import TextGeneratorTask
+    from flextok_jax.train.text_generator_task import RecordCaptionTextGeneratorTask, TextGeneratorTask
 
-    return TextGeneratorTask(config)
+    captions = config.data.get("captions", "templates")
+    if captions not in ("templates", "records"):
+        raise ValueError(f"data.captions must be 'templates' or 'records', got {captions!r}")
+    return RecordCaptionTextGeneratorTask(config) if captions == "records" else TextGeneratorTask(config)
 
 
 register_task("tokenizer", _tokenizer_task)

@@ -1,6 +1,8 @@
-"""The text-conditional AR generator as a training task: captioned Fashion-MNIST token datasets.
+"""The text-conditional AR generator as training tasks: template captions of Fashion-MNIST
+classes (``data.captions='templates'``, ``TextGeneratorTask``) or each record's own caption
+(``data.captions='records'``, ``RecordCaptionTextGeneratorTask``).
 
-Records are those of ``flextok tokenize-dataset`` ({tokens, label}); each image's caption is
+Templates: records are those of ``flextok tokenize-dataset`` ({tokens, label}); each image's caption is
 drawn in the train step from the training templates of its class
 (``flextok_jax.text.captions``): caption ids int32 [B] = ``caption_ids[label, j]``, j uniform.
 The MiniLM features of every distinct caption are computed once, when the state is created,
@@ -9,14 +11,17 @@ and live in the frozen parameters ({'captions': {'tokens' [C, L, 384], 'mask' [C
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import flax.linen as nn
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from flextok_jax.data.token_source import make_token_dataset
 from flextok_jax.generator import TextCondition
 from flextok_jax.text import MiniLM
 from flextok_jax.text import captions as C
@@ -83,4 +88,86 @@ class TextGeneratorTask(GeneratorTask):
 
     def export(self, directory: str, ema_params: Any, frozen: Any) -> str:
         # The caption features are the encoder's, not the generator's: only the generator is written.
+        return super().export(directory, ema_params, {})
+
+
+class _EncodeCaptions(grain.transforms.Map):
+    """A batch with "caption" (object [B] of str) -> the same with "text_ids" / "text_mask"
+    int32 [B, L] (MiniLM's tokenizer, padded or truncated to L; the captions themselves dropped)."""
+
+    def __init__(self, tokenizer: Any, length: int) -> None:
+        self._tokenizer, self._length = tokenizer, int(length)
+
+    def map(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in batch.items() if k != "caption"}
+        with warnings.catch_warnings():  # long captions are cut to the generator's text slots, as prompts are
+            warnings.simplefilter("ignore")
+            out["text_ids"], out["text_mask"] = self._tokenizer.encode(
+                [str(c) for c in batch["caption"]], max_length=self._length)
+        return out
+
+
+class RecordCaptionTextGeneratorTask(GeneratorTask):
+    """``data.captions='records'``: each record's own caption (``tokenize-dataset --caption_key``,
+    e.g. an image folder's captions.jsonl or sidecar .txt files, a tfds text feature).
+
+    Parameters: trainable {the text generator's}, frozen {'text_encoder': MiniLM's}. Batches:
+    {'tokens', 'label', 'text_ids', 'text_mask'} (captions tokenised on the host); the train step
+    runs MiniLM (no gradient) on them. An empty caption is the null prompt, as for
+    ``flextok generate``; ``train.class_dropout`` is the rate of the null prefix on top.
+    """
+
+    batch_keys = ("tokens", "label", "text_ids", "text_mask")
+
+    def __init__(self, config: ml_collections.ConfigDict, encoder: Any = None):
+        """``encoder``: a ``flextok_jax.text.MiniLM`` (default ``MiniLM.from_pretrained()``)."""
+        super().__init__(config)
+        cfg = self.gen.config
+        if cfg.condition != "text":
+            raise ValueError("task 'text_generator' needs model.condition='text'")
+        if self.buckets is not None:
+            raise ValueError("data.captions='records' reads batches of one length; set data.buckets.enabled=False")
+        self.encoder = MiniLM.from_pretrained() if encoder is None else encoder
+        if self.encoder.config.hidden_size != cfg.text_dim:
+            raise ValueError(f"text encoder width {self.encoder.config.hidden_size} != model.text_dim {cfg.text_dim}")
+        self.text_length = min(cfg.max_text_tokens, self.encoder.tokenizer.max_tokens)
+
+    def source(self):
+        source = super().source()
+        if not source.manifest.get("caption_key"):
+            raise ValueError(f"{source.path}: the records hold no captions (written without --caption_key); "
+                             "use data.captions='templates' or tokenize again with --caption_key")
+        return source
+
+    def init_boxed(self, rng: jax.Array) -> tuple[Any, Any]:
+        r_gen, r_text = jax.random.split(rng)
+        ids = jnp.zeros((1, 2), jnp.int32)
+        text = self.encoder.model.init(r_text, ids, jnp.ones_like(ids))["params"]
+        return self.gen.init_boxed(r_gen), {"text_encoder": text}
+
+    def pretrained(self) -> dict[str, Any]:
+        return {"text_encoder": self.encoder.params}
+
+    def condition(self, frozen: Any, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[Any, jax.Array]:
+        feats = self.encoder.features(frozen["text_encoder"], batch["text_ids"], batch["text_mask"])
+        mask = batch["text_mask"] > 0
+        # "" tokenises to [CLS] [SEP] alone: the null prompt.
+        null = jnp.sum(batch["text_mask"], axis=-1) <= 2
+        cond = TextCondition(tokens=jax.lax.stop_gradient(feats.tokens), mask=mask,
+                             pooled=jax.lax.stop_gradient(feats.pooled), null=null)
+        return cond, rng
+
+    def dataset(self, source: Any = None):
+        ds = make_token_dataset(
+            self.source() if source is None else source,
+            global_batch_size=int(self.config.train.global_batch_size), seed=int(self.config.data.seed),
+            shuffle=True, num_epochs=None, worker_count=int(self.config.data.worker_count),
+            keys=("tokens", "label", "caption"))
+        return ds.map(_EncodeCaptions(self.encoder.tokenizer, self.text_length))
+
+    def metadata(self) -> dict[str, Any]:
+        return {**super().metadata(), "captions": "records"}
+
+    def export(self, directory: str, ema_params: Any, frozen: Any) -> str:
+        # MiniLM is the encoder's, not the generator's: only the generator is written.
         return super().export(directory, ema_params, {})
