@@ -96,3 +96,15 @@ def test_tiny_cpu_text_stage_argument(tmp_path):
     with pytest.raises(ValueError, match="data.source='fashion_mnist'"):
         pipeline.run(c, tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_text_generator_dfn_sizes():
+    module = importlib.import_module("configs.text_generator_dfn")
+    for size, depth in (("d10", 10), ("d16", 16), ("d30", 30)):
+        c = module.get_config(size)
+        cfg = GeneratorConfig.from_dict(c.model.to_dict())
+        assert (cfg.depth, cfg.dim, cfg.num_heads, cfg.condition, cfg.max_tokens) == (depth, 64 * depth, depth, "text", 256)
+        assert c.data.captions == "records" and c.task == "text_generator" and c.train.global_batch_size == 256
+    assert module.get_config().model.depth == 20
+    with pytest.raises(ValueError, match="one of"):
+        module.get_config("d13")
