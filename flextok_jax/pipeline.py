@@ -132,22 +132,33 @@ def _token_ks(max_tokens: int) -> list[int]:
     return [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= max_tokens]
 
 
+def _generator_stage(key: str, what: str, gconfig: ml_collections.ConfigDict, gdir: str, results_path: str,
+                     main_process: bool) -> tuple[dict[str, Any], tuple[generator.Generator, Any] | None]:
+    """Train (or resume) ``gconfig`` in ``gdir``; ({key: train result} plus the kept results when
+    ``results_path`` exists, the exported (generator, params) to sample from or None when there is
+    nothing to do: unfinished, not process 0, or already scored)."""
+    print(f"stage 2: training {what} in {gdir}")
+    out: dict[str, Any] = {key: train(gconfig, gdir)}
+    if not _finished(out[key], gconfig) or not main_process:
+        return out, None
+    if os.path.exists(results_path):
+        print(f"stage 2: {results_path} exists; keeping its samples and scores")
+        return {**out, **_read_results(results_path)}, None
+    return out, generator.load_generator(os.path.join(gdir, "export", GENERATOR_FILE))
+
+
 def class_stage(config: ml_collections.ConfigDict, workdir: str, tokenizer: Any, tparams: Any,
                 main_process: bool) -> dict[str, Any]:
     """Train the class-conditional generator on WORKDIR/tokens (WORKDIR/generator), then write
     samples.png (rows: classes; columns: k) and, on Fashion-MNIST, the classifier's scores per k
     (WORKDIR/stage2.json)."""
     s2 = config.stage2
-    gconfig = generator_run_config(config, workdir)
-    print(f"stage 2: training the generator in {workdir}/generator")
-    out: dict[str, Any] = {"generator": train(gconfig, os.path.join(workdir, "generator"))}
     results_path = os.path.join(workdir, STAGE2_FILE)
-    if not _finished(out["generator"], gconfig) or not main_process:
+    out, loaded = _generator_stage("generator", "the generator", generator_run_config(config, workdir),
+                                   os.path.join(workdir, "generator"), results_path, main_process)
+    if loaded is None:
         return out
-    if os.path.exists(results_path):
-        print(f"stage 2: {results_path} exists; keeping its samples and scores")
-        return {**out, **_read_results(results_path)}
-    gen, gparams = generator.load_generator(os.path.join(workdir, "generator", "export", GENERATOR_FILE))
+    gen, gparams = loaded
     ks = _token_ks(gen.config.max_tokens)
     per_class = int(s2.samples_per_class)
     labels = np.repeat(np.arange(gen.config.num_classes, dtype=np.int32), per_class)
@@ -171,17 +182,13 @@ def text_stage(config: ml_collections.ConfigDict, workdir: str, tokenizer: Any, 
     WORKDIR/text_samples.png (rows: one held-out prompt per class; columns: k) and
     text_stage.json ({"text_sample_accuracy": {k: share}, "text_sample_accuracy_by_template"})."""
     t, s2 = config.stage2.text, config.stage2
-    gconfig = generator_run_config(config, workdir, t.generator)
-    gdir = os.path.join(workdir, "text_generator")
-    print(f"stage 2 (text): training the text-conditional generator in {gdir}")
-    out: dict[str, Any] = {"text_generator": train(gconfig, gdir)}
     results_path = os.path.join(workdir, TEXT_STAGE_FILE)
-    if not _finished(out["text_generator"], gconfig) or not main_process:
+    out, loaded = _generator_stage("text_generator", "the text-conditional generator",
+                                   generator_run_config(config, workdir, t.generator),
+                                   os.path.join(workdir, "text_generator"), results_path, main_process)
+    if loaded is None:
         return out
-    if os.path.exists(results_path):
-        print(f"stage 2 (text): {results_path} exists; keeping its samples and scores")
-        return {**out, **_read_results(results_path)}
-    gen, gparams = generator.load_generator(os.path.join(gdir, "export", GENERATOR_FILE))
+    gen, gparams = loaded
     ks = _token_ks(gen.config.max_tokens)
     per_prompt = int(t.samples_per_prompt)
     prompts, asked = held_out_prompts(per_prompt)

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import flextok_jax
 from flextok_jax import FlexTok, FlexTokConfig, TransformerConfig
 from flextok_jax.benchmarks.models import random_params
 from flextok_jax.model.flextok import register_buckets

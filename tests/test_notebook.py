@@ -5,7 +5,6 @@ import re
 import PIL.Image
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "launch" / "colab" / "flextok_demo.ipynb"

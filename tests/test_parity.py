@@ -3,12 +3,10 @@
 Tolerances follow the parity README, section 5: ids and codes exact; single forward passes
 <= 1e-4 max abs; 4-step samplers <= 1e-3.
 """
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import flextok_jax
 from flextok_jax.model.decoder import timestep_sinusoid
 from flextok_jax.model.fsq import codes_to_ids, fsq_quantize, ids_to_codes
 from helpers import max_err, nchw, nhwc
