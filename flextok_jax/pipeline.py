@@ -104,7 +104,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("flextok_pipeline_tokens_written")
     out.update(class_stage(config, workdir, tokenizer, tparams, main_process))
-    if s2.text.enabled and _finished(out["generator"], generator_run_config(config, workdir)):
+    if s2.text.enabled and _finished(out["generator"], s2.generator):
         out.update(text_stage(config, workdir, tokenizer, tparams, main_process))
     return out
 

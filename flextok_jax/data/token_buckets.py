@@ -142,6 +142,7 @@ class BucketedTokenIterator:
             raise ValueError(f"buckets of length {empty} hold no records but have a sampling weight")
         self.step = 0
         self.consumed = [0] * len(plan.lengths)
+        self._perms: dict[int, tuple[int, np.ndarray]] = {}
 
     def __iter__(self) -> "BucketedTokenIterator":
         return self
@@ -153,11 +154,19 @@ class BucketedTokenIterator:
         start, out = self.consumed[bucket], []
         while count > 0:
             epoch, offset = divmod(start, len(members))
-            perm = np.random.default_rng([self.seed, bucket, epoch]).permutation(len(members))
+            perm = self._permutation(bucket, epoch)
             take = min(count, len(members) - offset)
             out.append(members[perm[offset: offset + take]])
             start, count = start + take, count - take
         return np.concatenate(out)
+
+    def _permutation(self, bucket: int, epoch: int) -> np.ndarray:
+        # One shuffle per bucket and epoch, kept until the bucket's next epoch (not one per step).
+        cached = self._perms.get(bucket)
+        if cached is None or cached[0] != epoch:
+            cached = (epoch, np.random.default_rng([self.seed, bucket, epoch]).permutation(len(self.members[bucket])))
+            self._perms[bucket] = cached
+        return cached[1]
 
     def peek_bucket(self) -> int:
         """The bucket the next batch comes from."""

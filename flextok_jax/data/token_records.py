@@ -111,7 +111,8 @@ def decode_records(records: Sequence[bytes], num_tokens: int,
         if len(data) < dtype.itemsize:
             raise ValueError(f"{where(i)}: record has {len(data)} bytes, expected at least {dtype.itemsize} for "
                              f"{num_tokens} tokens")
-    rows = np.frombuffer(b"".join(bytes(data[: dtype.itemsize]) for data in records), dtype)
+    plain = all(len(data) == dtype.itemsize for data in records)  # no captions: one join, no slicing
+    rows = np.frombuffer(b"".join(records if plain else (bytes(data[: dtype.itemsize]) for data in records)), dtype)
     bad = (rows["magic"] != MAGIC) | (rows["version"] != RECORD_VERSION)
     if bad.any():
         i = int(np.argmax(bad))
@@ -127,6 +128,8 @@ def decode_records(records: Sequence[bytes], num_tokens: int,
     if bad_length.any():
         i = int(np.argmax(bad_length))
         raise ValueError(f"{where(i)}: record length {rows['length'][i]} outside [1, {num_tokens}]")
+    if plain and not rows["caption_bytes"].any():
+        return rows, [""] * len(records)
     captions = []
     for i, data in enumerate(records):
         tail = bytes(data[dtype.itemsize:])

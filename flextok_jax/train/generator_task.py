@@ -86,6 +86,7 @@ class GeneratorTask(Task):
         """``data.buckets`` as a plan: batch sizes multiples of the mesh's data-parallel size;
         in 'length' mode without weights, each bucket weighted by the records it holds."""
         b = self.buckets
+        # The loop's mesh spans every device (a -1 takes the rest); its data axes split each batch.
         shape = [int(s) for s in self.config.mesh.shape]
         rest = int(np.prod([s for s in shape if s != -1]))
         sizes = dict(zip(self.config.mesh.axis_names, [jax.device_count() // rest if s == -1 else s for s in shape]))
@@ -105,9 +106,13 @@ class GeneratorTask(Task):
             lengths = source.record_lengths() if self.buckets.mode == "length" else None
             return token_buckets.BucketedTokenIterator(source, self.bucket_plan(source), seed=int(self.config.data.seed),
                                                        mode=self.buckets.mode, record_lengths=lengths)
+        return self.fixed_length_dataset(source)
+
+    def fixed_length_dataset(self, source: Any, keys: tuple[str, ...] = ("tokens", "label")):
+        """Shuffled batches of ``train.global_batch_size`` whole records (``keys`` of them)."""
         return make_token_dataset(
             source, global_batch_size=int(self.config.train.global_batch_size), seed=int(self.config.data.seed),
-            shuffle=True, num_epochs=None, worker_count=int(self.config.data.worker_count),
+            shuffle=True, num_epochs=None, worker_count=int(self.config.data.worker_count), keys=keys,
         )
 
     def items_per_batch(self, global_batch_size: int) -> int:

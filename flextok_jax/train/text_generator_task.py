@@ -21,14 +21,26 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flextok_jax.data.token_source import make_token_dataset
 from flextok_jax.generator import TextCondition
 from flextok_jax.text import MiniLM
 from flextok_jax.text import captions as C
 from flextok_jax.train.generator_task import GeneratorTask
 
 
-class TextGeneratorTask(GeneratorTask):
+class _TextTask(GeneratorTask):
+    """What both caption sources share: a text model, and an export of the generator alone (the
+    frozen text state is the encoder's, not the generator's)."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        if self.gen.config.condition != "text":
+            raise ValueError("task 'text_generator' needs model.condition='text'")
+
+    def export(self, directory: str, ema_params: Any, frozen: Any) -> str:
+        return super().export(directory, ema_params, {})
+
+
+class TextGeneratorTask(_TextTask):
     """Parameters: trainable {the text generator's}, frozen {'captions': caption features}.
     Batches: {'tokens': int32 [B, n], 'label': int32 [B]} (labels 0..9, Fashion-MNIST order).
     ``train.class_dropout`` is the rate of the null prefix."""
@@ -37,9 +49,6 @@ class TextGeneratorTask(GeneratorTask):
         """``encoder``: a ``flextok_jax.text.MiniLM`` (default: ``MiniLM.from_pretrained()``,
         loaded only when the caption features are first needed)."""
         super().__init__(config)
-        cfg = self.gen.config
-        if cfg.condition != "text":
-            raise ValueError("task 'text_generator' needs model.condition='text'")
         self.captions, caption_ids = C.caption_table(C.TRAIN_TEMPLATES)
         self.caption_ids = jnp.asarray(caption_ids)
         self._encoder = encoder
@@ -86,10 +95,6 @@ class TextGeneratorTask(GeneratorTask):
         return {**super().metadata(), "captions": list(self.captions),
                 "held_out_templates": list(C.HELD_OUT_TEMPLATES)}
 
-    def export(self, directory: str, ema_params: Any, frozen: Any) -> str:
-        # The caption features are the encoder's, not the generator's: only the generator is written.
-        return super().export(directory, ema_params, {})
-
 
 class _EncodeCaptions(grain.transforms.Map):
     """A batch with "caption" (object [B] of str) -> the same with "text_ids" / "text_mask"
@@ -107,7 +112,7 @@ class _EncodeCaptions(grain.transforms.Map):
         return out
 
 
-class RecordCaptionTextGeneratorTask(GeneratorTask):
+class RecordCaptionTextGeneratorTask(_TextTask):
     """``data.captions='records'``: each record's own caption (``tokenize-dataset --caption_key``,
     e.g. an image folder's captions.jsonl or sidecar .txt files, a tfds text feature).
 
@@ -123,8 +128,6 @@ class RecordCaptionTextGeneratorTask(GeneratorTask):
         """``encoder``: a ``flextok_jax.text.MiniLM`` (default ``MiniLM.from_pretrained()``)."""
         super().__init__(config)
         cfg = self.gen.config
-        if cfg.condition != "text":
-            raise ValueError("task 'text_generator' needs model.condition='text'")
         if self.buckets is not None:
             raise ValueError("data.captions='records' reads batches of one length; set data.buckets.enabled=False")
         self.encoder = MiniLM.from_pretrained() if encoder is None else encoder
@@ -158,16 +161,8 @@ class RecordCaptionTextGeneratorTask(GeneratorTask):
         return cond, rng
 
     def dataset(self, source: Any = None):
-        ds = make_token_dataset(
-            self.source() if source is None else source,
-            global_batch_size=int(self.config.train.global_batch_size), seed=int(self.config.data.seed),
-            shuffle=True, num_epochs=None, worker_count=int(self.config.data.worker_count),
-            keys=("tokens", "label", "caption"))
+        ds = self.fixed_length_dataset(self.source() if source is None else source, keys=("tokens", "label", "caption"))
         return ds.map(_EncodeCaptions(self.encoder.tokenizer, self.text_length))
 
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(), "captions": "records"}
-
-    def export(self, directory: str, ema_params: Any, frozen: Any) -> str:
-        # MiniLM is the encoder's, not the generator's: only the generator is written.
-        return super().export(directory, ema_params, {})
