@@ -23,7 +23,10 @@ from jax.experimental import multihost_utils
 
 from flextok_jax import generator
 from flextok_jax.data import get_source
+from flextok_jax.data.factory import FirstImages
 from flextok_jax.data.token_dataset import tokenize_dataset
+from flextok_jax.data.token_source import TokenDataSource
+from flextok_jax.evaluate import adaptive as adaptive_lib
 from flextok_jax.evaluate import classifier as classifier_lib
 from flextok_jax.evaluate import report as report_lib
 from flextok_jax.evaluate import runner as fid_runner
@@ -31,6 +34,7 @@ from flextok_jax.evaluate.features import fmnist_network
 from flextok_jax.evaluate.grid import save_labelled_grid
 from flextok_jax.evaluate.reconstruct import evaluate_run, reconstruct_by_k
 from flextok_jax.generator.prompts import encode_prompts
+from flextok_jax.model.flextok import fewest_tokens
 from flextok_jax.params_io import EXPORT_FILE, load_model
 from flextok_jax.text import MiniLM
 from flextok_jax.text import captions
@@ -39,15 +43,17 @@ from flextok_jax.train.generator_task import EXPORT_FILE as GENERATOR_FILE
 
 STAGE2_FILE = "stage2.json"
 TEXT_STAGE_FILE = "text_stage.json"
+ADAPTIVE_STAGE_FILE = "adaptive_stage.json"
 CLASSIFIER_FILE = "classifier.safetensors"
 
 
 def generator_run_config(config: ml_collections.ConfigDict, workdir: str,
-                         generator_config: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
-    """``generator_config`` (default ``config.stage2.generator``) reading WORKDIR/tokens (mesh and
-    progress bar as the tokenizer's)."""
+                         generator_config: ml_collections.ConfigDict | None = None,
+                         tokens: str = "tokens") -> ml_collections.ConfigDict:
+    """``generator_config`` (default ``config.stage2.generator``) reading WORKDIR/``tokens`` (mesh
+    and progress bar as the tokenizer's)."""
     g = copy.deepcopy(config.stage2.generator if generator_config is None else generator_config)
-    g.data.tokens = os.path.join(workdir, "tokens")
+    g.data.tokens = os.path.join(workdir, tokens)
     g.mesh = copy.deepcopy(config.mesh)
     g.log.progress = config.log.progress
     return g
@@ -85,6 +91,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     if s2.enabled and s2.text.enabled and config.data.source != "fashion_mnist":
         raise ValueError("stage2.text.enabled needs data.source='fashion_mnist' (its captions name the "
                          f"Fashion-MNIST classes), got data.source={config.data.source!r}")
+    if s2.enabled and s2.adaptive.enabled and config.data.source != "fashion_mnist":
+        raise ValueError("stage2.adaptive.enabled needs data.source='fashion_mnist' (the run's classifier scores "
+                         f"its samples), got data.source={config.data.source!r}")
     out: dict[str, Any] = {"tokenizer": train(config, workdir)}
     finished = out["tokenizer"]["step"] >= config.train.total_steps and not out["tokenizer"]["preempted"]
     if not finished:
@@ -106,6 +115,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     out.update(class_stage(config, workdir, tokenizer, tparams, main_process))
     if s2.text.enabled and _finished(out["generator"], s2.generator):
         out.update(text_stage(config, workdir, tokenizer, tparams, main_process))
+    if s2.adaptive.enabled and _finished(out["generator"], s2.generator):
+        out.update(adaptive_stage(config, workdir, tokenizer, tparams, main_process))
     return out
 
 
@@ -117,7 +128,8 @@ def _read_results(path: str) -> dict[str, Any]:
     """A results file of this module, with its per-k tables keyed by int k again."""
     with open(path) as f:
         results = json.load(f)
-    per_k = ("reconstruction_accuracy", "sample_accuracy", "reconstruction_fid_fmnist", "text_sample_accuracy")
+    per_k = ("reconstruction_accuracy", "sample_accuracy", "reconstruction_fid_fmnist", "text_sample_accuracy",
+             "fixed_reconstruction_accuracy")
     return {name: ({int(k): v for k, v in value.items()} if name in per_k else value) for name, value in results.items()}
 
 
@@ -210,6 +222,93 @@ def text_stage(config: ml_collections.ConfigDict, workdir: str, tokenizer: Any, 
     print("accuracy | " + " | ".join(f"{accuracy[k]:5.1%}" for k in ks))
     results = {"text_sample_accuracy": accuracy, "text_sample_accuracy_by_template": by_template,
                "num_text_samples": len(prompts)}
+    _write_results(results_path, results)
+    return {**out, **results}
+
+
+def adaptive_stage(config: ml_collections.ConfigDict, workdir: str, tokenizer: Any, tparams: Any,
+                   main_process: bool) -> dict[str, Any]:
+    """Adaptive length end to end (``config.stage2.adaptive``): tokenize the first ``num_images``
+    training images to their fewest tokens within ``quality`` (WORKDIR/adaptive_tokens), train the
+    generator with EOS on those lengths (WORKDIR/adaptive_generator), sample until EOS for every
+    class, and report (WORKDIR/adaptive_stage.json, adaptive_samples.png, adaptive_lengths.png):
+    the generated lengths per class against the data's, the classifier's accuracy on the samples,
+    and on held-out test images the tokens saved at equal quality (``adaptive.equal_quality``) and
+    the classifier's accuracy on their reconstructions at their adaptive lengths and at each fixed k."""
+    a, s2 = config.stage2.adaptive, config.stage2
+    tokens_dir = os.path.join(workdir, "adaptive_tokens")
+    source = FirstImages(get_source(config.data), int(a.num_images))
+    print(f"stage 2: tokenizing {len(source)} training images to their fewest tokens within {a.quality:g} "
+          f"into {tokens_dir}")
+    tokenize_dataset(tokenizer, tparams, source, tokens_dir, image_size=int(config.data.image_size),
+                     batch_size=int(s2.tokenize_batch_size), quality=float(a.quality),
+                     quality_steps=int(a.quality_steps), progress=bool(config.log.progress))
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("flextok_pipeline_adaptive_tokens_written")
+    results_path = os.path.join(workdir, ADAPTIVE_STAGE_FILE)
+    out, loaded = _generator_stage("adaptive_generator", "the generator with EOS on adaptive lengths",
+                                   generator_run_config(config, workdir, a.generator, "adaptive_tokens"),
+                                   os.path.join(workdir, "adaptive_generator"), results_path, main_process)
+    if loaded is None:
+        return out
+    gen, gparams = loaded
+    n, num_classes, names = gen.config.max_tokens, gen.config.num_classes, list(classifier_lib.CLASS_NAMES)
+    records = TokenDataSource(tokens_dir)
+    data = records.read_batch(range(len(records)))
+    data_lengths = adaptive_lib.lengths_by_class(data["length"], data["label"], num_classes)
+
+    per_class = int(a.samples_per_class)
+    asked = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
+    tokens, lengths = gen.generate(gparams, asked, None, cfg_scale=float(s2.cfg_scale), temperature=float(s2.temperature),
+                                   top_k=int(s2.top_k), top_p=float(s2.top_p), rng=jax.random.key(0))
+    lengths = np.asarray(lengths)
+    tokens = np.where(np.asarray(tokens) == generator.PAD_TOKEN, 0, np.asarray(tokens))  # masked by keep_k
+    decode = dict(num_steps=int(s2.decode_steps), guidance_scale=float(config.eval.guidance_scale))
+    samples = np.asarray(tokenizer.detokenize(tparams, tokens, keep_k=lengths, rng=jax.random.key(1), **decode))
+    generated_lengths = adaptive_lib.lengths_by_class(lengths, asked, num_classes)
+    clf = fashion_mnist_classifier(config, workdir)
+    sample_accuracy = classifier_lib.accuracy(clf, samples, asked)
+
+    # Held-out test images: the share within the target at each fixed k against the adaptive
+    # choice, and the classifier on reconstructions at both (same start noise for every column).
+    x_test, y_test = classifier_lib.fashion_mnist_arrays("test", int(s2.eval_images))
+    ids, ks, dist = tokenizer.reconstruction_distances(tparams, x_test, None, int(a.quality_steps), 0)
+    quality = adaptive_lib.equal_quality(np.asarray(dist), ks, float(a.quality), n)
+    chosen = fewest_tokens(np.asarray(dist), ks, float(a.quality), n)[0]
+    def recon_accuracy(keep: Any) -> float:
+        recon = tokenizer.detokenize(tparams, ids, keep_k=keep, rng=jax.random.key(2), **decode)
+        return classifier_lib.accuracy(clf, np.asarray(recon), y_test)
+
+    adaptive_recon = recon_accuracy(chosen)
+    fixed_recon = {int(k): recon_accuracy(int(k)) for k in ks}
+
+    order = [np.flatnonzero(asked == c)[np.argsort(lengths[asked == c], kind="stable")] for c in range(num_classes)]
+    shown = min(per_class, 8)
+    picks = [row[np.linspace(0, per_class - 1, shown).round().astype(int)] for row in order]
+    save_labelled_grid(os.path.join(workdir, "adaptive_samples.png"),
+                       np.stack([samples[[row[i] for row in picks]] for i in range(shown)]),
+                       [f"sample {i + 1}" for i in range(shown)],
+                       [f"{name} (mean k {g['mean']:.1f})" for name, g in zip(names, generated_lengths)],
+                       [[f"k={lengths[i]}" for i in row] for row in picks])
+    adaptive_lib.write_lengths_by_class(
+        os.path.join(workdir, "adaptive_lengths.png"), names, data_lengths, generated_lengths,
+        f"tokens per image: {len(records)} training images (quality {a.quality:g}) vs {len(asked)} samples")
+    print(f"adaptive lengths per class: {len(records)} training images at quality {a.quality:g}, "
+          f"{len(asked)} samples that stopped at EOS:")
+    print(adaptive_lib.format_lengths_table(names, data_lengths, generated_lengths))
+    print(f"samples decoded at their own lengths: {sample_accuracy:.1%} classified as the class asked for")
+    print(f"{quality['num_images']} held-out images at quality {a.quality:g}: within it for "
+          + ", ".join(f"{share:.1%} at k={k}" for k, share in quality["fixed_share"].items())
+          + f"; adaptive {quality['adaptive_share']:.1%} with {quality['adaptive_mean_tokens']:.2f} tokens on average "
+          f"against {quality['fixed_tokens_needed']} fixed: {quality['tokens_saved']:.2f} tokens "
+          f"({quality['saved_fraction']:.0%}) saved per image")
+    print(f"classifier on their reconstructions: {adaptive_recon:.1%} at the adaptive k; "
+          + ", ".join(f"{acc:.1%} at k={k}" for k, acc in fixed_recon.items()))
+    results = {"data_lengths_by_class": data_lengths, "generated_lengths_by_class": generated_lengths,
+               "data_mean_tokens": float(np.mean(data["length"])), "generated_mean_tokens": float(lengths.mean()),
+               "adaptive_sample_accuracy": sample_accuracy, "num_adaptive_samples": len(asked),
+               "equal_quality": quality, "adaptive_reconstruction_accuracy": adaptive_recon,
+               "fixed_reconstruction_accuracy": fixed_recon}
     _write_results(results_path, results)
     return {**out, **results}
 

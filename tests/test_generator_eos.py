@@ -142,3 +142,33 @@ def test_loss_with_lengths_is_masked_cross_entropy_up_to_eos(eos_gen):
     again, _ = generator.next_token_loss(gen, params, labels, scrambled, jax.random.key(0), class_dropout=0.0,
                                          lengths=lengths)
     np.testing.assert_allclose(float(again), float(loss), rtol=1e-6)
+
+
+def test_guided_sampling_stops_as_the_conditional_pass_does(eos_gen):
+    """With guidance, every step's EOS probability is the conditional pass's and the other ids
+    keep their guided ratios (checked against numpy in float64 on the teacher-forced logits)."""
+    gen, params = eos_gen
+    labels, scale = LABELS[:4], 3.0
+    tokens, lengths, record = gen.generate(params, labels, None, cfg_scale=scale, rng=jax.random.key(2),
+                                           return_logits=True)
+    tokens, lengths, record = np.asarray(tokens), np.asarray(lengths), np.asarray(record, np.float64)
+    assert lengths.max() >= 3, lengths  # some steps after the first are checked
+    feed = np.where(tokens == generator.PAD_TOKEN, 0, tokens)
+    cond = np.asarray(gen.logits(params, labels, jnp.asarray(feed)), np.float64)
+    null = np.asarray(gen.logits(params, jnp.full_like(labels, 10), jnp.asarray(feed)), np.float64)
+
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    for b, length in enumerate(lengths):
+        for i in range(1, length):  # position 0 never stops
+            p = softmax(record[b, i])
+            p_cond = softmax(cond[b, i])
+            np.testing.assert_allclose(p[VOCAB], p_cond[VOCAB], rtol=1e-4, atol=1e-7)
+            guided = null[b, i, :VOCAB] + scale * (cond[b, i, :VOCAB] - null[b, i, :VOCAB])
+            np.testing.assert_allclose(p[:VOCAB] / p[:VOCAB].sum(), softmax(guided), rtol=1e-4, atol=1e-7)
+    # Plain u + s (c - u) on EOS too would give another stop probability.
+    i = 1
+    plain = softmax(null[0, i] + scale * (cond[0, i] - null[0, i]))[VOCAB]
+    assert abs(plain - softmax(cond[0, i])[VOCAB]) > 1e-3

@@ -1,6 +1,7 @@
-"""The README's two stage-2 commands, shortened: the main job (tokenizer, coarse-to-fine
-evaluation, token dataset, generator, samples.png, the per-k classifier scores), then its text
-stage on the same workdir (configs/tiny_cpu.py:text: text_samples.png for held-out paraphrases)."""
+"""The README's stage-2 commands, shortened: the main job (tokenizer, coarse-to-fine evaluation,
+token dataset, generator, samples.png, the per-k classifier scores), then on the same workdir its
+text stage (configs/tiny_cpu.py:text: text_samples.png for held-out paraphrases) and its adaptive
+stage (configs/tiny_cpu.py:adaptive: fewest tokens per image, a generator that stops at EOS)."""
 import json
 import subprocess
 import sys
@@ -15,7 +16,8 @@ SHORT_RUN = ["--config.train.total_steps=800", "--config.log.progress=False", "-
              "--config.eval.num_steps=4", "--config.stage2.generator.train.total_steps=300",
              "--config.stage2.text.generator.train.total_steps=300", "--config.stage2.decode_steps=10",
              "--config.stage2.classifier_steps=300", "--config.stage2.eval_images=200",
-             "--config.stage2.samples_per_class=10", "--config.stage2.text.samples_per_prompt=4"]
+             "--config.stage2.samples_per_class=10", "--config.stage2.text.samples_per_prompt=4",
+             "--config.stage2.adaptive.num_images=2000", "--config.stage2.adaptive.generator.train.total_steps=300"]
 
 
 def _main_job(config: str, workdir) -> subprocess.CompletedProcess:
@@ -78,3 +80,30 @@ def test_main_job_short_run_end_to_end(tmp_path):
     # The generator learned from the token dataset: its loss fell from ln(1000) = 6.9.
     rows = [json.loads(line) for line in (workdir / "generator" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < 0.8 * np.log(1000), rows[-1]
+
+    # The third command: adaptive lengths on the first 2,000 training images, a generator with EOS.
+    proc = _main_job("configs/tiny_cpu.py:adaptive", workdir)
+    assert json.loads((workdir / "stage2.json").read_text()) == scores
+    adaptive = json.loads((workdir / "adaptive_stage.json").read_text())
+    data = adaptive["data_lengths_by_class"]
+    assert sum(row["count"] for row in data) == 2000
+    assert {int(k) for row in data for k in row["counts"]} <= {1, 2, 4, 8, 16}
+    manifest = json.loads((workdir / "adaptive_tokens" / "manifest.json").read_text())
+    assert manifest["num_records"] == 2000 and manifest["quality"]["target"] == 0.16
+    # Content decides the length: the classes' mean chosen k differ (measured 2.7 .. 10.5 in the full run).
+    means = [row["mean"] for row in data]
+    assert max(means) - min(means) > 1.0, means
+    quality = adaptive["equal_quality"]
+    assert quality["num_images"] == 200
+    assert quality["adaptive_share"] >= max(quality["fixed_share"].values())
+    assert 1 <= quality["adaptive_mean_tokens"] < 16 and quality["tokens_saved"] > 0, quality
+    # The samples stop by themselves: lengths within [1, 16], not all at the maximum.
+    generated = adaptive["generated_lengths_by_class"]
+    assert sum(row["count"] for row in generated) == 200  # 10 classes x 20
+    lengths = [int(k) for row in generated for k in row["counts"]]
+    assert min(lengths) >= 1 and max(lengths) <= 16 and min(lengths) < 16, generated
+    assert 0 <= adaptive["adaptive_sample_accuracy"] <= 1
+    grid = np.asarray(Image.open(workdir / "adaptive_samples.png").convert("L"), np.float32)
+    assert grid[-10 * 128:, -8 * 128:].std() > 5  # 10 class rows x 8 samples, pictures
+    assert Image.open(workdir / "adaptive_lengths.png").size == (800, 380)
+    assert "adaptive lengths per class" in proc.stdout and "saved per image" in proc.stdout

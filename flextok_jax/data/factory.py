@@ -29,6 +29,30 @@ def add_source_arguments(parser: argparse.ArgumentParser, required: bool = True)
     parser.add_argument("--name", help="tfds: dataset name")
 
 
+class FirstImages:
+    """The first ``num_images`` records of a random-access source (all of them when it has fewer).
+
+    Its repr names the source and the count, so a resumed ``tokenize_dataset`` sees the same plan.
+    """
+
+    def __init__(self, source: Sequence[dict[str, Any]], num_images: int) -> None:
+        if num_images <= 0:
+            raise ValueError(f"num_images must be positive, got {num_images}")
+        self.source = source
+        self._len = min(int(num_images), len(source))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self._len:
+            raise IndexError(f"index {index} out of range for {self!r}")
+        return self.source[index]
+
+    def __repr__(self) -> str:
+        return f"{self.source!r}[:{self._len}]"
+
+
 def _require(config: ml_collections.ConfigDict, field: str) -> Any:
     value = config.get(field)
     if value is None or value == "":

@@ -34,18 +34,26 @@ MODES = ("prefix", "length")
 
 @dataclasses.dataclass(frozen=True)
 class BucketPlan:
-    """lengths: sequence length of each bucket's batches (ascending); batch_sizes: their global
-    batch sizes; weights: sampling weights (normalised); curriculum_steps: 0, or the number of
-    steps over which the buckets open from the shortest alone to all of them."""
+    """lengths: the longest record (``length`` mode) or the prefix (``prefix`` mode) each bucket
+    trains, ascending; batch_sizes: their global batch sizes; weights: sampling weights
+    (normalised); curriculum_steps: 0, or the number of steps over which the buckets open from
+    the shortest alone to all of them; widths: the positions each bucket's sequences hold (its
+    length, plus the EOS position in ``length`` mode: ``eos_widths``; default the lengths)."""
 
     lengths: tuple[int, ...]
     batch_sizes: tuple[int, ...]
     weights: tuple[float, ...]
     curriculum_steps: int = 0
+    widths: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.widths is None:
+            object.__setattr__(self, "widths", self.lengths)
 
     @property
     def tokens_per_step(self) -> tuple[int, ...]:
-        return tuple(b * n for b, n in zip(self.batch_sizes, self.lengths))
+        """The positions one batch of each bucket trains (batch size x width)."""
+        return tuple(b * n for b, n in zip(self.batch_sizes, self.widths))
 
     def open_buckets(self, step: int) -> int:
         """How many buckets (shortest first) step ``step`` may draw from."""
@@ -61,15 +69,26 @@ class BucketPlan:
         return int(min(np.searchsorted(np.cumsum(w / w.sum()), u, side="right"), n - 1))
 
 
+def eos_widths(lengths: Sequence[int], max_tokens: int) -> tuple[int, ...]:
+    """The positions a ``length``-mode bucket trains: its records' tokens and the EOS after the
+    longest, L + 1, or max_tokens where the longest uses every position (no EOS there)."""
+    return tuple(min(int(n) + 1, int(max_tokens)) for n in lengths)
+
+
 def plan_buckets(lengths: Sequence[int], tokens_per_step: int, *, weights: Sequence[float] | None = None,
-                 multiple: int = 1, curriculum_steps: int = 0, tolerance: float = 0.1) -> BucketPlan:
-    """A plan whose bucket of length L has the batch size nearest tokens_per_step / L that is a
-    multiple of ``multiple`` (the mesh's data-parallel size); ValueError naming the bucket when
-    its batch misses ``tokens_per_step`` by more than ``tolerance`` (a fraction). Default
-    weights: equal."""
+                 multiple: int = 1, curriculum_steps: int = 0, tolerance: float = 0.1,
+                 widths: Sequence[int] | None = None) -> BucketPlan:
+    """A plan whose bucket of width W (default its length L; ``eos_widths`` in ``length`` mode)
+    has the batch size nearest tokens_per_step / W that is a multiple of ``multiple`` (the
+    mesh's data-parallel size), so that every position weighs the same in the loss whatever its
+    bucket; ValueError naming the bucket when its batch misses ``tokens_per_step`` by more than
+    ``tolerance`` (a fraction). Default weights: equal."""
     lengths = tuple(int(n) for n in lengths)
     if not lengths or any(n <= 0 for n in lengths) or list(lengths) != sorted(set(lengths)):
         raise ValueError(f"bucket lengths must be positive, distinct and ascending, got {lengths}")
+    widths = lengths if widths is None else tuple(int(w) for w in widths)
+    if len(widths) != len(lengths) or any(w < n for w, n in zip(widths, lengths)):
+        raise ValueError(f"bucket widths {widths} must be one per bucket and at least its length {lengths}")
     if tokens_per_step <= 0 or multiple <= 0:
         raise ValueError(f"tokens_per_step ({tokens_per_step}) and multiple ({multiple}) must be positive")
     weights = (1.0,) * len(lengths) if weights is None else tuple(float(w) for w in weights)
@@ -78,15 +97,15 @@ def plan_buckets(lengths: Sequence[int], tokens_per_step: int, *, weights: Seque
     if curriculum_steps < 0:
         raise ValueError(f"curriculum_steps must be >= 0, got {curriculum_steps}")
     batch_sizes = []
-    for n in lengths:
-        b = max(1, round(tokens_per_step / n / multiple)) * multiple
-        if abs(b * n - tokens_per_step) > tolerance * tokens_per_step:
+    for n, width in zip(lengths, widths):
+        b = max(1, round(tokens_per_step / width / multiple)) * multiple
+        if abs(b * width - tokens_per_step) > tolerance * tokens_per_step:
             raise ValueError(
-                f"bucket of length {n}: its batch of {b} (a multiple of {multiple}) holds {b * n} tokens, more than "
-                f"{tolerance:.0%} from tokens_per_step={tokens_per_step}; raise tokens_per_step or the tolerance")
+                f"bucket of length {n}: its batch of {b} (a multiple of {multiple}) holds {b * width} tokens, more "
+                f"than {tolerance:.0%} from tokens_per_step={tokens_per_step}; raise tokens_per_step or the tolerance")
         batch_sizes.append(b)
     total = sum(weights)
-    return BucketPlan(lengths, tuple(batch_sizes), tuple(w / total for w in weights), int(curriculum_steps))
+    return BucketPlan(lengths, tuple(batch_sizes), tuple(w / total for w in weights), int(curriculum_steps), widths)
 
 
 def bucket_members(plan: BucketPlan, num_records: int, mode: str,
@@ -121,20 +140,23 @@ class BucketedTokenIterator:
     """This process's batches: ``{"tokens": int32 [B_b / P, T_b], "label": int32 [B_b / P]}``
     (plus ``"length"`` int32 in ``length`` mode), from the bucket ``plan.bucket_of_step`` picks.
 
-    ``source``: a ``TokenDataSource`` (``read_batch``). T_b is the bucket's length, and in
-    ``length`` mode one more position for the EOS (up to ``source.num_tokens``).
+    ``source``: a ``TokenDataSource`` (``read_batch``). T_b is the bucket's width
+    (``plan.widths``: in ``length`` mode room for the EOS after its longest record).
     ``get_state`` / ``set_state``: JSON-serialisable {"step", "consumed" per bucket}.
     """
 
     def __init__(self, source: Any, plan: BucketPlan, seed: int, mode: str = "prefix",
                  record_lengths: np.ndarray | None = None, process_index: int | None = None,
                  process_count: int | None = None) -> None:
-        if plan.lengths[-1] > source.num_tokens:
-            raise ValueError(f"bucket length {plan.lengths[-1]} > the {source.num_tokens} tokens per record of {source!r}")
+        if plan.widths[-1] > source.num_tokens:
+            raise ValueError(f"bucket width {plan.widths[-1]} > the {source.num_tokens} tokens per record of {source!r}")
         self.source, self.plan, self.seed, self.mode = source, plan, int(seed), mode
         self.process_index, self.process_count = process_slot(process_index, process_count)
         for b in plan.batch_sizes:
             per_process_batch_size(b, self.process_count)
+        if mode == "length" and plan.widths != eos_widths(plan.lengths, source.num_tokens):
+            raise ValueError(f"bucket widths {plan.widths} must hold each bucket's EOS: "
+                             f"{eos_widths(plan.lengths, source.num_tokens)} (plan_buckets(widths=eos_widths(...)))")
         self.members = bucket_members(plan, len(source), mode, record_lengths)
         self._lengths = None if record_lengths is None else np.asarray(record_lengths, np.int32)
         empty = [n for n, m, w in zip(plan.lengths, self.members, plan.weights) if len(m) == 0 and w > 0]
@@ -181,10 +203,9 @@ class BucketedTokenIterator:
         per = size // self.process_count
         mine = indices[self.process_index * per: (self.process_index + 1) * per]
         batch = self.source.read_batch(mine)
-        length = self.plan.lengths[bucket]
+        width = self.plan.widths[bucket]
         if self.mode == "prefix":
-            return {"tokens": batch["tokens"][:, :length], "label": batch["label"]}
-        width = min(length + 1, self.source.num_tokens)  # room for the EOS after the longest record
+            return {"tokens": batch["tokens"][:, :width], "label": batch["label"]}
         return {"tokens": batch["tokens"][:, :width], "label": batch["label"], "length": self._lengths[mine]}
 
     def get_state(self) -> dict[str, Any]:

@@ -30,9 +30,11 @@ def save_labelled_grid(
     columns: np.ndarray,
     column_labels: Sequence[str],
     row_labels: Sequence[str] | None = None,
+    cell_labels: Sequence[Sequence[str]] | None = None,
 ) -> None:
     """A ``grid_image`` with a header naming each column (and optionally a left margin naming
-    each row), enlarged so that a cell is at least MIN_CELL_PIXELS high."""
+    each row, and ``cell_labels[row][column]`` written in the corner of each cell), enlarged so
+    that a cell is at least MIN_CELL_PIXELS high."""
     grid = Image.fromarray(grid_image(columns))
     c, n, h, w, _ = columns.shape
     scale = max(1, MIN_CELL_PIXELS // max(h, 1))
@@ -46,4 +48,9 @@ def save_labelled_grid(
         draw.text((margin + i * w * scale + 2, 1), label, fill="black")
     for j, label in enumerate(row_labels or ()):
         draw.text((2, header + j * h * scale + h * scale // 2 - 5), label, fill="black")
+    for j, row in enumerate(cell_labels or ()):
+        for i, label in enumerate(row):
+            x, y = margin + i * w * scale + 3, header + j * h * scale + 2
+            draw.rectangle(draw.textbbox((x, y), label), fill="black")
+            draw.text((x, y), label, fill="yellow")
     canvas.save(os.fspath(path))

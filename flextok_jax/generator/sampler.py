@@ -7,7 +7,8 @@ one ``lax.fori_loop``; the cache is part of the loop state, so XLA writes each n
 place. With ``num_tokens=None`` (a generator with EOS) the loop is a ``lax.while_loop`` that ends
 once every image of the batch has drawn EOS, or at max_tokens. Classifier-free guidance doubles
 the batch (rows B..2B-1 carry the null class, or the null text prefix) and combines the two
-halves as u + s (c - u) in float32 inside the program.
+halves as u + s (c - u) in float32 inside the program; sampling until EOS, the stop probability
+stays the conditional pass's (``stop_as_conditioned``).
 
 Randomness: image b draws position i with ``fold_in(keys[b], i)``, where ``keys`` is
 ``jax.random.split(rng, B)`` for a single key ``rng`` or ``rng`` itself when it is a key
@@ -65,6 +66,18 @@ def combine_guidance(cond: jax.Array, null: jax.Array, scale: jax.Array) -> jax.
     """Classifier-free guidance in float32: u + s (c - u). cond, null [B, V]; scale [B]."""
     cond, null = cond.astype(jnp.float32), null.astype(jnp.float32)
     return null + scale[:, None] * (cond - null)
+
+
+def stop_as_conditioned(guided: jax.Array, cond: jax.Array, eos_id: int) -> jax.Array:
+    """Guided logits [B, V] whose EOS probability is the conditional pass's, p_c(EOS), and whose
+    other ids keep their guided ratios. Guidance shapes what is drawn, not when to stop: applied
+    to EOS too, u + s (c - u) lowers EOS wherever the class does not raise it (the favoured ids
+    gain, EOS does not), and samples run longer than the data as s grows."""
+    cond = cond.astype(jnp.float32)
+    log_stop = jax.nn.log_softmax(cond, axis=-1)[:, eos_id]
+    log_go = jnp.log1p(-jnp.exp(jnp.minimum(log_stop, -1e-7)))  # log (1 - p_c(EOS))
+    others = jax.nn.logsumexp(guided.at[:, eos_id].set(-jnp.inf), axis=-1)
+    return guided.at[:, eos_id].set(log_stop - log_go + others)
 
 
 def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
@@ -166,6 +179,8 @@ def _program(
         raw, state = logits_at(params, rows_cond, rows_tokens, i, state)
         if use_guidance:
             logits = combine_guidance(raw[:b], raw[b:], guidance_scales(cfg_scale, schedule, i, ks))
+            if until_eos:
+                logits = stop_as_conditioned(logits, raw[:b], gen.config.eos_id)
         else:
             logits = raw
         logits = mask_eos(gen, logits, until_eos and not (isinstance(i, int) and i == 0))
@@ -222,7 +237,7 @@ def generate(
 
     cfg_scale: guidance scale s (1 = no guidance pass; 0 = unconditional); guidance_schedule:
     'constant' or 'linear' (see ``guidance_scales``; with num_tokens=None it rises to s at
-    max_tokens). temperature 0 = greedy. top_k 0 and top_p 1 disable those filters. rng: see
+    max_tokens; the EOS probability stays the conditional pass's, ``stop_as_conditioned``). temperature 0 = greedy. top_k 0 and top_p 1 disable those filters. rng: see
     the module docstring. ``return_logits`` also returns (last) the float32 logits each
     position was drawn from (guided, before temperature and filters) [B, max_k, num_ids].
     ``cached=False`` recomputes the whole [B, max_k] teacher-forced forward at every position

@@ -404,11 +404,7 @@ class FlexTok:
             raise ValueError(f"the quality target must be a finite distance > 0, got {target}")
         ids, ks_np, dist = self.reconstruction_distances(params, images, ks, num_steps, seed, metric)
         d = np.asarray(dist)
-        ok = d <= target
-        met = ok.any(axis=1)
-        first = np.where(met, np.argmax(ok, axis=1), ks_np.size - 1)
-        # Where no candidate meets the target the image keeps every token, not the last candidate.
-        chosen = np.where(met, ks_np[first], self.config.n_registers).astype(np.int32)
+        chosen, met = fewest_tokens(d, ks_np, target, self.config.n_registers)
         return AdaptiveTokens(ids=ids, num_tokens=chosen, met=met, ks=ks_np, distances=d)
 
     def reconstruct(
@@ -447,6 +443,16 @@ class AdaptiveTokens:
     met: np.ndarray  # bool [B]: whether some candidate k met the target
     ks: np.ndarray  # int32 [K]: the candidate k
     distances: np.ndarray  # float32 [B, K]: distance of each (image, candidate k)
+
+
+def fewest_tokens(distances: np.ndarray, ks: Any, target: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(chosen k int32 [B], met bool [B]) from distances [B, K] of each image decoded from its
+    first ks[j] tokens: the smallest k whose distance is <= target; where none is, n (every
+    token, not the last candidate)."""
+    ok = np.asarray(distances) <= target
+    met = ok.any(axis=1)
+    chosen = np.where(met, np.asarray(ks)[np.argmax(ok, axis=1)], n).astype(np.int32)
+    return chosen, met
 
 
 def mean_squared_distance(target: jax.Array, decoded: jax.Array) -> jax.Array:

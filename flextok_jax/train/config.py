@@ -177,6 +177,17 @@ def stage2_defaults(generator: ml_collections.ConfigDict | None = None) -> ml_co
             "samples_per_prompt": 4,
             "generator": ml_collections.ConfigDict(),
         }),
+        # The adaptive stage: the first num_images training images tokenized to the fewest tokens
+        # that meet `quality` (FlexTok.tokenize_adaptive), a generator with EOS trained on their
+        # own lengths (a 'length'-bucketed task='generator' config), samples that stop by themselves.
+        "adaptive": ml_collections.ConfigDict({
+            "enabled": False,
+            "quality": 0.16,  # mean squared distance of the trial decode to the image's latents
+            "quality_steps": 2,  # Euler steps of the trial decodes
+            "num_images": 10_000,
+            "samples_per_class": 20,
+            "generator": ml_collections.ConfigDict(),
+        }),
     })
 
 

@@ -84,18 +84,20 @@ class GeneratorTask(Task):
 
     def bucket_plan(self, source: Any = None) -> token_buckets.BucketPlan:
         """``data.buckets`` as a plan: batch sizes multiples of the mesh's data-parallel size;
-        in 'length' mode without weights, each bucket weighted by the records it holds."""
+        in 'length' mode each bucket's width holds its EOS (``token_buckets.eos_widths``) and,
+        without weights, each bucket is weighted by the records it holds."""
         b = self.buckets
         # The loop's mesh spans every device (a -1 takes the rest); its data axes split each batch.
         shape = [int(s) for s in self.config.mesh.shape]
         rest = int(np.prod([s for s in shape if s != -1]))
         sizes = dict(zip(self.config.mesh.axis_names, [jax.device_count() // rest if s == -1 else s for s in shape]))
         multiple = int(np.prod([sizes.get(a, 1) for a in BATCH_AXES]))
+        source = self.source() if source is None and b.mode == "length" else source
+        widths = token_buckets.eos_widths(b.lengths, source.num_tokens) if b.mode == "length" else None
         plan = token_buckets.plan_buckets(tuple(b.lengths), self.tokens_per_step(), weights=b.weights,
                                           multiple=multiple, curriculum_steps=int(b.curriculum_steps),
-                                          tolerance=float(b.tolerance))
+                                          tolerance=float(b.tolerance), widths=widths)
         if b.mode == "length" and b.weights is None:
-            source = self.source() if source is None else source
             members = token_buckets.bucket_members(plan, len(source), "length", source.record_lengths())
             plan = token_buckets.weights_by_records(plan, members)
         return plan
