@@ -154,3 +154,28 @@ def test_first_token_frequencies_follow_top_k_and_top_p(tiny, first_token_logits
     assert not chi_square_rejects(counts, probs)
     assert chi_square_rejects(counts, expected_probs(logits, 1.2, top_p=0.8))
     assert chi_square_rejects(counts, expected_probs(logits, 1.2))
+
+
+@pytest.mark.parametrize("vocab, block", [(1000, 256), (1000, 7), (17, 256)])
+def test_two_level_categorical_draws_softmax(vocab, block):
+    """The sampler's inverse-CDF draw over blocks (the last one padded) against softmax in float64:
+    chi-square over 40,000 draws; ids at -inf never come; a lone finite id always does."""
+    z = np.random.default_rng(0).normal(0, 2.0, vocab).astype(np.float32)
+    z[::5] = -np.inf
+    draws = 40_000
+    keys = jax.random.split(jax.random.key(3), draws)
+    got = np.asarray(sampler.categorical_two_level(keys, jnp.broadcast_to(jnp.asarray(z), (draws, vocab)), block))
+    counts = np.bincount(got, minlength=vocab)
+    probs = np.exp(np.float64(z) - np.float64(z).max())
+    probs /= probs.sum()
+    # Pool the ids expected fewer than 5 times so the chi-square approximation holds.
+    rare = probs * draws < 5
+    pooled_counts = np.append(counts[~rare], counts[rare].sum())
+    pooled_probs = np.append(probs[~rare], probs[rare].sum())
+    assert counts[::5].sum() == 0
+    assert not chi_square_rejects(pooled_counts, pooled_probs)
+    shifted = np.roll(probs, 1)  # the power to see an off-by-one id
+    assert chi_square_rejects(counts, shifted / shifted.sum())
+    lone = np.full((4, vocab), -np.inf, np.float32)
+    lone[:, vocab - 1] = 0.0
+    np.testing.assert_array_equal(sampler.categorical_two_level(keys[:4], jnp.asarray(lone), block), vocab - 1)

@@ -111,8 +111,35 @@ def sample_tokens(
     if use_filter:
         scaled = filter_logits(scaled, top_k, top_p)
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, pos)
-    drawn = jax.vmap(jax.random.categorical)(step_keys, scaled)
+    drawn = categorical_two_level(step_keys, scaled)
     return jnp.where(temperature > 0, drawn, greedy).astype(jnp.int32)
+
+
+def categorical_two_level(keys: jax.Array, logits: jax.Array, block: int = 256) -> jax.Array:
+    """One draw per row from softmax(logits) (float32 [B, V], -inf = never) with keys [B]:
+    -> int32 [B]. Inverse-CDF sampling in two levels, a block of ``block`` ids by the blocks'
+    masses, then an id within it, from two uniforms per row. Gumbel-max
+    (``jax.random.categorical``) needs V random numbers per row: at the released 64,000 ids
+    and 64 rows it took 66 ms per step on this machine's CPU, more than the head's matmul
+    (44 ms); this takes 2 ms."""
+    b, v = logits.shape
+    block = min(block, v)
+    nb = -(-v // block)
+    x = jnp.pad(logits.astype(jnp.float32), ((0, 0), (0, nb * block - v)), constant_values=-jnp.inf)
+    p = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True)).reshape(b, nb, block)
+    u = jax.vmap(lambda k: jax.random.uniform(k, (2,), jnp.float32))(keys)
+
+    def pick(mass: jax.Array, u: jax.Array) -> jax.Array:
+        # The first index whose cumulative mass exceeds u * total (a zero-mass index never
+        # does); rounding at the top falls back to the last index with mass.
+        cdf = jnp.cumsum(mass, axis=-1)
+        first = jnp.sum(cdf <= u[:, None] * cdf[:, -1:], axis=-1)
+        last = mass.shape[-1] - 1 - jnp.argmax(mass[:, ::-1] > 0, axis=-1)
+        return jnp.minimum(first, last)
+
+    j = pick(p.sum(axis=-1), u[:, 0])
+    i = pick(jnp.take_along_axis(p, j[:, None, None], axis=1)[:, 0], u[:, 1])
+    return (j * block + i).astype(jnp.int32)
 
 
 def kv_cache_bytes(gen: Any, batch: int, max_k: int, use_guidance: bool) -> int:
