@@ -10,19 +10,19 @@ at batch 32 (flow loss 1.55 -> 0.148), 8 held-out test images are reconstructed 
 k=1, 0.232 at k=16), the 60,000 training images are tokenized (WORKDIR/tokens), the generator
 (depth 4, width 128) trains 800 steps at batch 64 (loss 1.41 at the end), and WORKDIR/samples.png
 shows one sample per class at each k. A classifier trained in the run (91.4% on test images)
-scores reconstructions 36.8% (k=1) .. 52.3% (k=16) and samples 52% .. 72%; FID-FMNIST of the
-reconstructions 70.2 (k=1) .. 51.5 (k=16) (WORKDIR/stage2.json). Measured: 9.2 min wall on 2 CPU
-cores (975 CPU-seconds). Rerunning the command resumes every stage.
+scores reconstructions 36.8% (k=1) .. 52.3% (k=16) and samples 52% .. 71%; FID-FMNIST of the
+reconstructions 70.2 (k=1) .. 51.5 (k=16) (WORKDIR/stage2.json). Measured: 9.0 min wall on 2 CPU
+cores (960 CPU-seconds). Rerunning the command resumes every stage.
 
-With ``configs/tiny_cpu.py:text`` (after the main job, same WORKDIR; 2.7 min more): the
+With ``configs/tiny_cpu.py:text`` (after the main job, same WORKDIR; 2.5 min more): the
 text-conditional generator trains 800 steps on the same tokens with template captions, and
 WORKDIR/text_samples.png shows samples for held-out paraphrases; the classifier assigns them to
-the class the prompt names 43% (k=1) .. 74% (k=8), 70% (k=16) (WORKDIR/text_stage.json).
+the class the prompt names 43% (k=1) .. 65% (k=16) (WORKDIR/text_stage.json).
 
-With ``configs/tiny_cpu.py:adaptive`` (after the main job, same WORKDIR; 4.6 min more): the first
+With ``configs/tiny_cpu.py:adaptive`` (after the main job, same WORKDIR; 4.5 min more): the first
 10,000 training images get their fewest tokens within distance 0.16 (mean k 5.9: sneakers 2.7 ..
 bags 10.5), the generator with EOS trains 1,600 steps on those lengths, and its samples stop by
-themselves after 6.6 tokens on average, following the classes (WORKDIR/adaptive_samples.png,
+themselves after 6.3 tokens on average, following the classes (WORKDIR/adaptive_samples.png,
 adaptive_lengths.png, adaptive_stage.json); on 1,000 held-out images the adaptive k meets the
 target as often as k = 16 (72.8% vs 71.9%) with 10.1 fewer tokens per image.
 """

@@ -325,3 +325,21 @@ def test_bucketed_vs_fixed_comparison_runs_both_and_scores_bands(token_dir, tmp_
     np.testing.assert_allclose(results["fixed"]["loss"], ce.mean(), rtol=1e-5)
     np.testing.assert_allclose(results["fixed"]["loss/pos_005-016"], ce[:, 4:].mean(), rtol=1e-5)
     assert "bucketed" in B.format_comparison(results) and "loss/pos_001" in B.format_comparison(results)
+
+
+def test_comparison_loss_curves_and_time_to_loss(token_dir, tmp_path):
+    from flextok_jax.benchmarks import buckets as B
+
+    results = B.run_comparison(token_dir, str(tmp_path), steps=6, batch=16, lengths=(2, 4, 8), eval_records=64,
+                               eval_every=3)
+    for name, row in results.items():
+        assert [p["step"] for p in row["curve"]] == [3, 6]
+        # The last point is the exported EMA weights' loss: the segments resumed exactly.
+        np.testing.assert_allclose(row["curve"][-1]["loss"], row["loss"], rtol=1e-6)
+        assert row["seconds_per_step"] > 0
+    fixed = results["fixed"]
+    assert fixed["seconds_to_fixed_loss"] == pytest.approx(
+        next(p["step"] for p in fixed["curve"] if p["loss"] <= fixed["loss"]) * fixed["seconds_per_step"])
+    assert "loss at step 3" in B.format_comparison(results)
+    curve = [{"step": 100, "loss": 2.0}, {"step": 200, "loss": 1.5}, {"step": 300, "loss": 1.2}]
+    assert B.time_to_loss(curve, 0.5, 1.5) == 100.0 and B.time_to_loss(curve, 0.5, 1.0) == float("inf")

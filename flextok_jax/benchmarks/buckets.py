@@ -9,7 +9,9 @@ system, for the same number of steps at the same tokens per step: once on full-l
 equal weights). Prints, per run: wall seconds, training tokens/s, and the teacher-forced loss per
 position band at full length on ``--eval_records`` records (the same records for both, class
 dropout off); with a tokenizer and a Fashion-MNIST classifier also the share of generated samples
-classified as the class asked for, per k (the main job's proxy).
+classified as the class asked for, per k (the main job's proxy). ``--eval_every N`` evaluates
+both every N steps and reports the training seconds each needs to reach the fixed run's final
+loss (steps to it x the median seconds per step of the logged intervals).
 """
 from __future__ import annotations
 
@@ -27,8 +29,10 @@ from flextok_jax import generator
 from flextok_jax.data.token_source import TokenDataSource
 from flextok_jax.generator.loss import next_token_loss
 from flextok_jax.train import config as train_config
-from flextok_jax.train import train
+from flextok_jax.train import TrainSetup, train
+from flextok_jax.train.checkpoint import Checkpointer
 from flextok_jax.train.generator_task import EXPORT_FILE
+from flextok_jax.train.loop import restore_or_init
 
 
 def comparison_config(tokens: str, steps: int, batch: int, lengths: Sequence[int] | None) -> ml_collections.ConfigDict:
@@ -89,31 +93,84 @@ def sample_accuracy(gen: generator.Generator, params: Any, tokenizer_path: str, 
     return classifier_lib.class_accuracy_by_k(clf, samples, labels, ks)
 
 
+def seconds_per_step(workdir: str, tokens_per_step: int) -> float:
+    """The median training seconds per step over the logged intervals of WORKDIR/metrics.jsonl
+    (its ``tokens_per_s``): compile time and pauses between segments left out."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rates = [row["tokens_per_s"] for row in map(json.loads, f) if "tokens_per_s" in row]
+    return float(tokens_per_step / np.median(rates))
+
+
+def loss_curve(config: ml_collections.ConfigDict, workdir: str, source: TokenDataSource, eval_every: int,
+               eval_records: int) -> list[dict[str, float]]:
+    """Train ``config`` in segments of ``eval_every`` steps (``train.stop_at_step``; resuming is
+    exact) and after each evaluate the EMA weights at full length (``band_losses``):
+    [{"step", "loss", "loss/pos_..."}]."""
+    total = int(config.train.total_steps)
+    curve = []
+    for stop in list(range(eval_every, total, eval_every)) + [total]:
+        config.train.stop_at_step = stop
+        train(config, workdir)
+        setup = TrainSetup.from_config(config)
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.checkpoint.keep))
+        try:
+            state, _ = restore_or_init(setup, ckpt)
+        finally:
+            ckpt.close()
+        curve.append({"step": stop, **band_losses(setup.task.gen, jax.device_get(state.ema_params), source, eval_records)})
+    return curve
+
+
+def time_to_loss(curve: list[dict[str, float]], step_seconds: float, target: float) -> float:
+    """Training seconds until the evaluated loss first reaches ``target`` (steps x seconds per
+    step), or inf where it never does."""
+    step = next((row["step"] for row in curve if row["loss"] <= target), None)
+    return float("inf") if step is None else step * step_seconds
+
+
 def run_comparison(tokens: str, workdir: str, steps: int, batch: int, lengths: Sequence[int], eval_records: int,
-                   tokenizer: str | None = None, classifier: str | None = None) -> dict[str, dict[str, Any]]:
-    """Both runs (fixed, then bucketed) in WORKDIR/fixed and WORKDIR/bucketed; their results."""
+                   tokenizer: str | None = None, classifier: str | None = None,
+                   eval_every: int = 0) -> dict[str, dict[str, Any]]:
+    """Both runs (fixed, then bucketed) in WORKDIR/fixed and WORKDIR/bucketed; their results.
+    ``eval_every`` > 0 also evaluates both every so many steps ("curve") and adds the training
+    seconds each needs to reach the fixed run's final loss ("seconds_to_fixed_loss")."""
     source = TokenDataSource(tokens)
     results = {}
     for name, buckets in (("fixed", None), ("bucketed", lengths)):
         config = comparison_config(tokens, steps, batch, buckets)
         config.log.progress = False
+        run_dir = os.path.join(workdir, name)
         t0 = time.perf_counter()
-        out = train(config, os.path.join(workdir, name))
+        curve = loss_curve(config, run_dir, source, eval_every, eval_records) if eval_every > 0 else None
+        out = train(config, run_dir)  # finished already when the curve trained it: returns at once
         seconds = time.perf_counter() - t0
-        gen, params = generator.load_generator(os.path.join(workdir, name, "export", EXPORT_FILE))
+        gen, params = generator.load_generator(os.path.join(run_dir, "export", EXPORT_FILE))
         row: dict[str, Any] = {"seconds": seconds, "tokens_per_s": steps * batch * source.num_tokens / seconds,
-                               "final_train_loss": out["loss"], **band_losses(gen, params, source, eval_records)}
+                               "final_train_loss": out.get("loss", float("nan")),
+                               **band_losses(gen, params, source, eval_records)}
+        if curve is not None:
+            row["curve"] = curve
+            row["seconds_per_step"] = seconds_per_step(run_dir, batch * source.num_tokens)
         if tokenizer and classifier:
             row["sample_accuracy"] = sample_accuracy(gen, params, tokenizer, classifier)
         results[name] = row
+    if eval_every > 0:
+        target = results["fixed"]["curve"][-1]["loss"]
+        for row in results.values():
+            row["seconds_to_fixed_loss"] = time_to_loss(row["curve"], row["seconds_per_step"], target)
     return results
 
 
 def format_comparison(results: dict[str, dict[str, Any]]) -> str:
     names = list(results)
     keys = ["seconds", "tokens_per_s"] + sorted(k for k in results[names[0]] if k.startswith("loss"))
+    keys += [k for k in ("seconds_per_step", "seconds_to_fixed_loss") if k in results[names[0]]]
     lines = ["metric | " + " | ".join(f"{n:>10}" for n in names), "-|-" + "-|-".join("-" * 10 for _ in names)]
     lines += [f"{k} | " + " | ".join(f"{results[n][k]:10.4g}" for n in names) for k in keys]
+    if "curve" in results[names[0]]:
+        for i, point in enumerate(results[names[0]]["curve"]):
+            lines.append(f"loss at step {point['step']} | " + " | ".join(
+                f"{results[n]['curve'][i]['loss']:10.4g}" for n in names))
     if "sample_accuracy" in results[names[0]]:
         for k in results[names[0]]["sample_accuracy"]:
             lines.append(f"samples k={k} | " + " | ".join(f"{results[n]['sample_accuracy'][k]:10.1%}" for n in names))
@@ -130,9 +187,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--eval_records", type=int, default=4096)
     ap.add_argument("--tokenizer", help="the tokenizer export, for the sample accuracy")
     ap.add_argument("--classifier", help="a Fashion-MNIST classifier file, for the sample accuracy")
+    ap.add_argument("--eval_every", type=int, default=0,
+                    help="also evaluate both runs every so many steps, and time each to the fixed run's final loss")
     args = ap.parse_args(argv)
     results = run_comparison(args.tokens, args.workdir, args.steps, args.batch, args.lengths, args.eval_records,
-                             args.tokenizer, args.classifier)
+                             args.tokenizer, args.classifier, args.eval_every)
     print(format_comparison(results))
     with open(os.path.join(args.workdir, "comparison.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
