@@ -251,20 +251,27 @@ def adaptive_stage(config: ml_collections.ConfigDict, workdir: str, tokenizer: A
                                    os.path.join(workdir, "adaptive_generator"), results_path, main_process)
     if loaded is None:
         return out
-    gen, gparams = loaded
+    results = adaptive_report(config, workdir, tokenizer, tparams, *loaded, TokenDataSource(tokens_dir))
+    _write_results(results_path, results)
+    return {**out, **results}
+
+
+def adaptive_report(config: ml_collections.ConfigDict, workdir: str, tokenizer: Any, tparams: Any,
+                    gen: generator.Generator, gparams: Any, records: TokenDataSource) -> dict[str, Any]:
+    """The adaptive stage's samples, scores and figures (see ``adaptive_stage``) for the trained
+    generator with EOS and its token ``records``."""
+    a, s2 = config.stage2.adaptive, config.stage2
     n, num_classes, names = gen.config.max_tokens, gen.config.num_classes, list(classifier_lib.CLASS_NAMES)
-    records = TokenDataSource(tokens_dir)
     data = records.read_batch(range(len(records)))
     data_lengths = adaptive_lib.lengths_by_class(data["length"], data["label"], num_classes)
-
     per_class = int(a.samples_per_class)
     asked = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
-    tokens, lengths = gen.generate(gparams, asked, None, cfg_scale=float(s2.cfg_scale), temperature=float(s2.temperature),
-                                   top_k=int(s2.top_k), top_p=float(s2.top_p), rng=jax.random.key(0))
-    lengths = np.asarray(lengths)
-    tokens = np.where(np.asarray(tokens) == generator.PAD_TOKEN, 0, np.asarray(tokens))  # masked by keep_k
     decode = dict(num_steps=int(s2.decode_steps), guidance_scale=float(config.eval.guidance_scale))
-    samples = np.asarray(tokenizer.detokenize(tparams, tokens, keep_k=lengths, rng=jax.random.key(1), **decode))
+    samples, lengths = generator.generate_images(
+        gen, gparams, tokenizer, tparams, asked, None, cfg_scale=float(s2.cfg_scale), temperature=float(s2.temperature),
+        top_k=int(s2.top_k), top_p=float(s2.top_p), rng=jax.random.key(0), decode_rng=jax.random.key(1),
+        return_num_tokens=True, **decode)
+    samples = np.asarray(samples)
     generated_lengths = adaptive_lib.lengths_by_class(lengths, asked, num_classes)
     clf = fashion_mnist_classifier(config, workdir)
     sample_accuracy = classifier_lib.accuracy(clf, samples, asked)
@@ -274,14 +281,15 @@ def adaptive_stage(config: ml_collections.ConfigDict, workdir: str, tokenizer: A
     x_test, y_test = classifier_lib.fashion_mnist_arrays("test", int(s2.eval_images))
     ids, ks, dist = tokenizer.reconstruction_distances(tparams, x_test, None, int(a.quality_steps), 0)
     quality = adaptive_lib.equal_quality(np.asarray(dist), ks, float(a.quality), n)
-    chosen = fewest_tokens(np.asarray(dist), ks, float(a.quality), n)[0]
+
     def recon_accuracy(keep: Any) -> float:
         recon = tokenizer.detokenize(tparams, ids, keep_k=keep, rng=jax.random.key(2), **decode)
         return classifier_lib.accuracy(clf, np.asarray(recon), y_test)
 
-    adaptive_recon = recon_accuracy(chosen)
+    adaptive_recon = recon_accuracy(fewest_tokens(np.asarray(dist), ks, float(a.quality), n)[0])
     fixed_recon = {int(k): recon_accuracy(int(k)) for k in ks}
 
+    # One row per class: 8 of its samples, shortest to longest, each marked with its k.
     order = [np.flatnonzero(asked == c)[np.argsort(lengths[asked == c], kind="stable")] for c in range(num_classes)]
     shown = min(per_class, 8)
     picks = [row[np.linspace(0, per_class - 1, shown).round().astype(int)] for row in order]
@@ -304,13 +312,11 @@ def adaptive_stage(config: ml_collections.ConfigDict, workdir: str, tokenizer: A
           f"({quality['saved_fraction']:.0%}) saved per image")
     print(f"classifier on their reconstructions: {adaptive_recon:.1%} at the adaptive k; "
           + ", ".join(f"{acc:.1%} at k={k}" for k, acc in fixed_recon.items()))
-    results = {"data_lengths_by_class": data_lengths, "generated_lengths_by_class": generated_lengths,
-               "data_mean_tokens": float(np.mean(data["length"])), "generated_mean_tokens": float(lengths.mean()),
-               "adaptive_sample_accuracy": sample_accuracy, "num_adaptive_samples": len(asked),
-               "equal_quality": quality, "adaptive_reconstruction_accuracy": adaptive_recon,
-               "fixed_reconstruction_accuracy": fixed_recon}
-    _write_results(results_path, results)
-    return {**out, **results}
+    return {"data_lengths_by_class": data_lengths, "generated_lengths_by_class": generated_lengths,
+            "data_mean_tokens": float(np.mean(data["length"])), "generated_mean_tokens": float(lengths.mean()),
+            "adaptive_sample_accuracy": sample_accuracy, "num_adaptive_samples": len(asked),
+            "equal_quality": quality, "adaptive_reconstruction_accuracy": adaptive_recon,
+            "fixed_reconstruction_accuracy": fixed_recon}
 
 
 def fashion_mnist_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -72,3 +72,7 @@ def test_generate_images_until_eos_decodes_each_image_at_its_length(models):
     filled = np.where(np.asarray(tokens) == generator.PAD_TOKEN, 0, np.asarray(tokens))
     want = tokenizer.detokenize(tok_params, filled, keep_k=lengths, num_steps=2, rng=decode_rng)
     np.testing.assert_allclose(images, want, rtol=0, atol=1e-6)
+    again, stopped = generator.generate_images(gen, params, tokenizer, tok_params, labels, None, rng=rng,
+                                               num_steps=2, decode_rng=decode_rng, return_num_tokens=True)
+    np.testing.assert_array_equal(stopped, lengths)
+    np.testing.assert_array_equal(again, images)

@@ -38,10 +38,12 @@ def generate_images(
     num_steps: int = 25,
     guidance_scale: float = 1.0,
     decode_rng: jax.Array | None = None,
+    return_num_tokens: bool = False,
     **detokenize_kwargs: Any,
-) -> jax.Array:
+) -> Any:
     """cond (labels int [B], or a text condition of B rows) -> float32 images [B, H, W, 3] (the
-    tokenizer's range, not clipped).
+    tokenizer's range, not clipped); with ``return_num_tokens`` (images, int32 [B] the tokens
+    each image was decoded from).
 
     ``num_tokens``: one int or an int array [B] (image b is decoded from its first k[b] ids),
     or None for a generator with EOS (each image decoded at the length it stopped at).
@@ -62,7 +64,8 @@ def generate_images(
         tok_params, tokens, keep_k=ks, num_steps=num_steps, guidance_scale=guidance_scale, rng=decode_rng,
         **detokenize_kwargs,
     )
-    return jnp.asarray(images, jnp.float32)
+    images = jnp.asarray(images, jnp.float32)
+    return (images, np.asarray(ks, np.int32)) if return_num_tokens else images
 
 
 def generate_images_by_k(
