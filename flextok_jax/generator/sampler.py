@@ -264,8 +264,9 @@ def generate(
 
     cfg_scale: guidance scale s (1 = no guidance pass; 0 = unconditional); guidance_schedule:
     'constant' or 'linear' (see ``guidance_scales``; with num_tokens=None it rises to s at
-    max_tokens; the EOS probability stays the conditional pass's, ``stop_as_conditioned``). temperature 0 = greedy. top_k 0 and top_p 1 disable those filters. rng: see
-    the module docstring. ``return_logits`` also returns (last) the float32 logits each
+    max_tokens; the EOS probability stays the conditional pass's, ``stop_as_conditioned``).
+    temperature 0 = greedy. top_k 0 and top_p 1 disable those filters. rng: see the module
+    docstring. ``return_logits`` also returns (last) the float32 logits each
     position was drawn from (guided, before temperature and filters) [B, max_k, num_ids].
     ``cached=False`` recomputes the whole [B, max_k] teacher-forced forward at every position
     instead of using a KV cache (the reference and the benchmark's comparison).
