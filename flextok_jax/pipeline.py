@@ -277,17 +277,17 @@ def adaptive_report(config: ml_collections.ConfigDict, workdir: str, tokenizer: 
     sample_accuracy = classifier_lib.accuracy(clf, samples, asked)
 
     # Held-out test images: the share within the target at each fixed k against the adaptive
-    # choice, and the classifier on reconstructions at both (same start noise for every column).
+    # choice, and the classifier on reconstructions at both. The fixed-k reconstructions are
+    # decoded as the class stage decodes them (its table again); an image's adaptive
+    # reconstruction is its column at the chosen k, which is one of them.
     x_test, y_test = classifier_lib.fashion_mnist_arrays("test", int(s2.eval_images))
-    ids, ks, dist = tokenizer.reconstruction_distances(tparams, x_test, None, int(a.quality_steps), 0)
+    _, ks, dist = tokenizer.reconstruction_distances(tparams, x_test, None, int(a.quality_steps), 0)
     quality = adaptive_lib.equal_quality(np.asarray(dist), ks, float(a.quality), n)
-
-    def recon_accuracy(keep: Any) -> float:
-        recon = tokenizer.detokenize(tparams, ids, keep_k=keep, rng=jax.random.key(2), **decode)
-        return classifier_lib.accuracy(clf, np.asarray(recon), y_test)
-
-    adaptive_recon = recon_accuracy(fewest_tokens(np.asarray(dist), ks, float(a.quality), n)[0])
-    fixed_recon = {int(k): recon_accuracy(int(k)) for k in ks}
+    chosen = fewest_tokens(np.asarray(dist), ks, float(a.quality), n)[0]
+    recon = reconstruct_by_k(tokenizer, tparams, x_test, ks, **decode)
+    fixed_recon = classifier_lib.class_accuracy_by_k(clf, recon, y_test, ks)
+    at_chosen = recon[np.searchsorted(ks, chosen), np.arange(len(chosen))]
+    adaptive_recon = classifier_lib.accuracy(clf, np.clip(at_chosen, -1.0, 1.0), y_test)  # clipped as per k
 
     # One row per class: 8 of its samples, shortest to longest, each marked with its k.
     order = [np.flatnonzero(asked == c)[np.argsort(lengths[asked == c], kind="stable")] for c in range(num_classes)]

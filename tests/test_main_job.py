@@ -103,6 +103,9 @@ def test_main_job_short_run_end_to_end(tmp_path):
     lengths = [int(k) for row in generated for k in row["counts"]]
     assert min(lengths) >= 1 and max(lengths) <= 16 and min(lengths) < 16, generated
     assert 0 <= adaptive["adaptive_sample_accuracy"] <= 1
+    # The fixed-k reconstructions it compares against are the class stage's own (same decode).
+    assert adaptive["fixed_reconstruction_accuracy"] == scores["reconstruction_accuracy"]
+    assert 0 <= adaptive["adaptive_reconstruction_accuracy"] <= 1
     grid = np.asarray(Image.open(workdir / "adaptive_samples.png").convert("L"), np.float32)
     assert grid[-10 * 128:, -8 * 128:].std() > 5  # 10 class rows x 8 samples, pictures
     assert Image.open(workdir / "adaptive_lengths.png").size == (800, 380)
