@@ -32,7 +32,6 @@ from flextok_jax.train import config as train_config
 from flextok_jax.train import TrainSetup, train
 from flextok_jax.train.checkpoint import Checkpointer
 from flextok_jax.train.generator_task import EXPORT_FILE
-from flextok_jax.train.loop import restore_or_init
 
 
 def comparison_config(tokens: str, steps: int, batch: int, lengths: Sequence[int] | None) -> ml_collections.ConfigDict:
@@ -114,9 +113,12 @@ def loss_curve(config: ml_collections.ConfigDict, workdir: str, source: TokenDat
         setup = TrainSetup.from_config(config)
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.checkpoint.keep))
         try:
-            state, _ = restore_or_init(setup, ckpt)
+            restored = ckpt.restore_newest(setup.abstract_state)
         finally:
             ckpt.close()
+        if restored is None:
+            raise RuntimeError(f"{workdir}/checkpoints: no checkpoint after training to step {stop}")
+        state = restored[0]
         curve.append({"step": stop, **band_losses(setup.task.gen, jax.device_get(state.ema_params), source, eval_records)})
     return curve
 

@@ -35,20 +35,16 @@ MODES = ("prefix", "length")
 @dataclasses.dataclass(frozen=True)
 class BucketPlan:
     """lengths: the longest record (``length`` mode) or the prefix (``prefix`` mode) each bucket
-    trains, ascending; batch_sizes: their global batch sizes; weights: sampling weights
-    (normalised); curriculum_steps: 0, or the number of steps over which the buckets open from
-    the shortest alone to all of them; widths: the positions each bucket's sequences hold (its
-    length, plus the EOS position in ``length`` mode: ``eos_widths``; default the lengths)."""
+    trains, ascending; batch_sizes: their global batch sizes; widths: the positions each
+    bucket's sequences hold (its length, plus the EOS position in ``length`` mode:
+    ``eos_widths``); weights: sampling weights (normalised); curriculum_steps: 0, or the number
+    of steps over which the buckets open from the shortest alone to all of them."""
 
     lengths: tuple[int, ...]
     batch_sizes: tuple[int, ...]
+    widths: tuple[int, ...]
     weights: tuple[float, ...]
     curriculum_steps: int = 0
-    widths: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.widths is None:
-            object.__setattr__(self, "widths", self.lengths)
 
     @property
     def tokens_per_step(self) -> tuple[int, ...]:
@@ -105,7 +101,7 @@ def plan_buckets(lengths: Sequence[int], tokens_per_step: int, *, weights: Seque
                 f"than {tolerance:.0%} from tokens_per_step={tokens_per_step}; raise tokens_per_step or the tolerance")
         batch_sizes.append(b)
     total = sum(weights)
-    return BucketPlan(lengths, tuple(batch_sizes), tuple(w / total for w in weights), int(curriculum_steps), widths)
+    return BucketPlan(lengths, tuple(batch_sizes), widths, tuple(w / total for w in weights), int(curriculum_steps))
 
 
 def bucket_members(plan: BucketPlan, num_records: int, mode: str,
