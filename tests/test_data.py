@@ -372,3 +372,22 @@ def test_get_source_factory(tmp_path):
     cfg.source = "imagenet_from_the_moon"
     with pytest.raises(ValueError, match="imagenet_from_the_moon"):
         get_source(cfg)
+
+
+def test_held_out_images_of_an_image_folder_come_from_eval_split(tmp_path, caplog):
+    from flextok_jax.evaluate.reconstruct import held_out_images
+
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for i in range(6):  # picture i is flat grey 40 * i, so each one is known by its value
+        (folder / f"{i}.png").write_bytes(_png(np.full((8, 8, 3), 40 * i, np.uint8)))
+    cfg = ml_collections.ConfigDict(dict(source="image_folder", folder=str(folder), data_dir=str(tmp_path / "tfds"),
+                                         split="train[:4]", eval_split="train[4:]"))
+    held = held_out_images(cfg, 8, 10)
+    train = {int(r["image"][0, 0, 0]) for r in get_source(cfg)}
+    values = {int(round((v + 1) * 127.5)) for v in held[:, 0, 0, 0]}
+    assert len(held) == 2 and len(train) == 4 and not values & train, (values, train)
+    cfg.eval_split = ""
+    with caplog.at_level(logging.WARNING):
+        assert len(held_out_images(cfg, 8, 10)) == 4
+    assert any("no held-out split" in r.getMessage() for r in caplog.records)

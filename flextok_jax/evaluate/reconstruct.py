@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from typing import Any, Callable, Sequence
 
@@ -108,16 +109,23 @@ def format_error_table(errors: dict[int, float]) -> str:
 
 
 def held_out_images(data_config: Any, image_size: int, num_images: int) -> np.ndarray:
-    """float32 [N, S, S, 3] in [-1, 1] that training never saw: the test split of Fashion-MNIST,
-    or another seed of the procedural source (other sources: their 'test'/'validation' split)."""
+    """float32 [N, S, S, 3] in [-1, 1] that training never saw: ``data.eval_split`` where given, else
+    the test split of Fashion-MNIST, the validation split of a tfds dataset, or another seed of
+    the procedural source. An image folder without ``eval_split`` has only its training images."""
     data = ml_collections.ConfigDict(data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config))
+    eval_split = data.get("eval_split") or ""
     if data.source == "procedural":
         data.seed = int(data.seed) + 1_000_003
         data.num_images = num_images
-    elif data.source in ("fashion_mnist",):
+    elif eval_split:
+        data.split = eval_split
+    elif data.source == "fashion_mnist":
         data.split = "test"
     elif data.source == "tfds":
         data.split = "validation"
+    else:
+        logging.getLogger(__name__).warning("data.source=%r has no held-out split: the reconstructions are of training images "
+                        "(set data.eval_split to a slice that data.split leaves out)", data.source)
     source = get_source(data)
     out = []
     for i in range(len(source)):

@@ -82,6 +82,10 @@ def base_config() -> ml_collections.ConfigDict:
             "image_size": 256,
             "num_images": 10_000,
             "split": "train",
+            # The held-out split of the end-of-run reconstructions (""): Fashion-MNIST's test split,
+            # a tfds dataset's validation split; an image folder has one split, so give it a
+            # slice the training split leaves out (split "train[:95%]", eval_split "train[95%:]").
+            "eval_split": "",
             "folder": config_dict.placeholder(str),
             "data_dir": config_dict.placeholder(str),
             "name": config_dict.placeholder(str),
