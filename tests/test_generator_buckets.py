@@ -337,9 +337,12 @@ def test_comparison_loss_curves_and_time_to_loss(token_dir, tmp_path):
         # The last point is the exported EMA weights' loss: the segments resumed exactly.
         np.testing.assert_allclose(row["curve"][-1]["loss"], row["loss"], rtol=1e-6)
         assert row["seconds_per_step"] > 0
-    fixed = results["fixed"]
-    assert fixed["seconds_to_fixed_loss"] == pytest.approx(
-        next(p["step"] for p in fixed["curve"] if p["loss"] <= fixed["loss"]) * fixed["seconds_per_step"])
+    for row in results.values():
+        for target in results:
+            final = results[target]["loss"]
+            step = next((p["step"] for p in row["curve"] if p["loss"] <= final), None)
+            assert row[f"seconds_to_{target}_loss"] == (
+                float("inf") if step is None else pytest.approx(step * row["seconds_per_step"]))
     assert "loss at step 3" in B.format_comparison(results)
     curve = [{"step": 100, "loss": 2.0}, {"step": 200, "loss": 1.5}, {"step": 300, "loss": 1.2}]
     assert B.time_to_loss(curve, 0.5, 1.5) == 100.0 and B.time_to_loss(curve, 0.5, 1.0) == float("inf")

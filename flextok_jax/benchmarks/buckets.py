@@ -10,8 +10,8 @@ equal weights). Prints, per run: wall seconds, training tokens/s, and the teache
 position band at full length on ``--eval_records`` records (the same records for both, class
 dropout off); with a tokenizer and a Fashion-MNIST classifier also the share of generated samples
 classified as the class asked for, per k (the main job's proxy). ``--eval_every N`` evaluates
-both every N steps and reports the training seconds each needs to reach the fixed run's final
-loss (steps to it x the median seconds per step of the logged intervals).
+both every N steps and reports the training seconds each needs to reach each run's final loss
+(steps to it x the median seconds per step of the logged intervals).
 """
 from __future__ import annotations
 
@@ -135,7 +135,8 @@ def run_comparison(tokens: str, workdir: str, steps: int, batch: int, lengths: S
                    eval_every: int = 0) -> dict[str, dict[str, Any]]:
     """Both runs (fixed, then bucketed) in WORKDIR/fixed and WORKDIR/bucketed; their results.
     ``eval_every`` > 0 also evaluates both every so many steps ("curve") and adds the training
-    seconds each needs to reach the fixed run's final loss ("seconds_to_fixed_loss")."""
+    seconds each needs to reach each run's final loss ("seconds_to_fixed_loss",
+    "seconds_to_bucketed_loss"; inf where it never does)."""
     source = TokenDataSource(tokens)
     results = {}
     for name, buckets in (("fixed", None), ("bucketed", lengths)):
@@ -157,16 +158,17 @@ def run_comparison(tokens: str, workdir: str, steps: int, batch: int, lengths: S
             row["sample_accuracy"] = sample_accuracy(gen, params, tokenizer, classifier)
         results[name] = row
     if eval_every > 0:
-        target = results["fixed"]["curve"][-1]["loss"]
+        finals = {name: row["curve"][-1]["loss"] for name, row in results.items()}
         for row in results.values():
-            row["seconds_to_fixed_loss"] = time_to_loss(row["curve"], row["seconds_per_step"], target)
+            for name, target in finals.items():
+                row[f"seconds_to_{name}_loss"] = time_to_loss(row["curve"], row["seconds_per_step"], target)
     return results
 
 
 def format_comparison(results: dict[str, dict[str, Any]]) -> str:
     names = list(results)
     keys = ["seconds", "tokens_per_s"] + sorted(k for k in results[names[0]] if k.startswith("loss"))
-    keys += [k for k in ("seconds_per_step", "seconds_to_fixed_loss") if k in results[names[0]]]
+    keys += [k for k in ["seconds_per_step"] + [f"seconds_to_{n}_loss" for n in names] if k in results[names[0]]]
     lines = ["metric | " + " | ".join(f"{n:>10}" for n in names), "-|-" + "-|-".join("-" * 10 for _ in names)]
     lines += [f"{k} | " + " | ".join(f"{results[n][k]:10.4g}" for n in names) for k in keys]
     if "curve" in results[names[0]]:
@@ -190,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--tokenizer", help="the tokenizer export, for the sample accuracy")
     ap.add_argument("--classifier", help="a Fashion-MNIST classifier file, for the sample accuracy")
     ap.add_argument("--eval_every", type=int, default=0,
-                    help="also evaluate both runs every so many steps, and time each to the fixed run's final loss")
+                    help="also evaluate both runs every so many steps, and time each to each run's final loss")
     args = ap.parse_args(argv)
     results = run_comparison(args.tokens, args.workdir, args.steps, args.batch, args.lengths, args.eval_records,
                              args.tokenizer, args.classifier, args.eval_every)
