@@ -339,10 +339,13 @@ def test_comparison_loss_curves_and_time_to_loss(token_dir, tmp_path):
         assert row["seconds_per_step"] > 0
     for row in results.values():
         for target in results:
-            final = results[target]["loss"]
-            step = next((p["step"] for p in row["curve"] if p["loss"] <= final), None)
-            assert row[f"seconds_to_{target}_loss"] == (
-                float("inf") if step is None else pytest.approx(step * row["seconds_per_step"]))
+            for key in ("loss", "loss/pos_001", "loss/pos_005-016"):
+                final = results[target]["curve"][-1][key]
+                step = next((p["step"] for p in row["curve"] if p[key] <= final), None)
+                assert row[f"seconds_to_{target}_{key}"] == (
+                    float("inf") if step is None else pytest.approx(step * row["seconds_per_step"]))
     assert "loss at step 3" in B.format_comparison(results)
     curve = [{"step": 100, "loss": 2.0}, {"step": 200, "loss": 1.5}, {"step": 300, "loss": 1.2}]
     assert B.time_to_loss(curve, 0.5, 1.5) == 100.0 and B.time_to_loss(curve, 0.5, 1.0) == float("inf")
+    bands = [{"step": 100, "loss": 2.0, "loss/pos_001": 3.0}, {"step": 200, "loss": 1.0, "loss/pos_001": 2.5}]
+    assert B.time_to_loss(bands, 0.5, 2.6, "loss/pos_001") == 100.0

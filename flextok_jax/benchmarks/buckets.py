@@ -10,8 +10,8 @@ equal weights). Prints, per run: wall seconds, training tokens/s, and the teache
 position band at full length on ``--eval_records`` records (the same records for both, class
 dropout off); with a tokenizer and a Fashion-MNIST classifier also the share of generated samples
 classified as the class asked for, per k (the main job's proxy). ``--eval_every N`` evaluates
-both every N steps and reports the training seconds each needs to reach each run's final loss
-(steps to it x the median seconds per step of the logged intervals).
+both every N steps and reports the training seconds each needs to reach each run's final loss,
+overall and per position band (steps to it x the median seconds per step of the logged intervals).
 """
 from __future__ import annotations
 
@@ -123,10 +123,10 @@ def loss_curve(config: ml_collections.ConfigDict, workdir: str, source: TokenDat
     return curve
 
 
-def time_to_loss(curve: list[dict[str, float]], step_seconds: float, target: float) -> float:
-    """Training seconds until the evaluated loss first reaches ``target`` (steps x seconds per
-    step), or inf where it never does."""
-    step = next((row["step"] for row in curve if row["loss"] <= target), None)
+def time_to_loss(curve: list[dict[str, float]], step_seconds: float, target: float, key: str = "loss") -> float:
+    """Training seconds until the evaluated ``key`` (the loss, or one band's) first reaches
+    ``target`` (steps x seconds per step), or inf where it never does."""
+    step = next((row["step"] for row in curve if row[key] <= target), None)
     return float("inf") if step is None else step * step_seconds
 
 
@@ -135,8 +135,7 @@ def run_comparison(tokens: str, workdir: str, steps: int, batch: int, lengths: S
                    eval_every: int = 0) -> dict[str, dict[str, Any]]:
     """Both runs (fixed, then bucketed) in WORKDIR/fixed and WORKDIR/bucketed; their results.
     ``eval_every`` > 0 also evaluates both every so many steps ("curve") and adds the training
-    seconds each needs to reach each run's final loss ("seconds_to_fixed_loss",
-    "seconds_to_bucketed_loss"; inf where it never does)."""
+    seconds each needs to reach each run's final loss, overall and per band (``add_times_to_loss``)."""
     source = TokenDataSource(tokens)
     results = {}
     for name, buckets in (("fixed", None), ("bucketed", lengths)):
@@ -158,17 +157,26 @@ def run_comparison(tokens: str, workdir: str, steps: int, batch: int, lengths: S
             row["sample_accuracy"] = sample_accuracy(gen, params, tokenizer, classifier)
         results[name] = row
     if eval_every > 0:
-        finals = {name: row["curve"][-1]["loss"] for name, row in results.items()}
-        for row in results.values():
-            for name, target in finals.items():
-                row[f"seconds_to_{name}_loss"] = time_to_loss(row["curve"], row["seconds_per_step"], target)
+        add_times_to_loss(results)
     return results
+
+
+def add_times_to_loss(results: dict[str, dict[str, Any]]) -> None:
+    """For every run R and every loss L of the curves (all positions, and each band), add to each
+    run the training seconds it needs to reach R's final L: ``seconds_to_{R}_{L}`` (inf where it
+    never does), e.g. "seconds_to_fixed_loss", "seconds_to_fixed_loss/pos_005-016"."""
+    finals = {name: row["curve"][-1] for name, row in results.items()}
+    for row in results.values():
+        for name, final in finals.items():
+            for key in (k for k in final if k.startswith("loss")):
+                row[f"seconds_to_{name}_{key}"] = time_to_loss(row["curve"], row["seconds_per_step"], final[key], key)
 
 
 def format_comparison(results: dict[str, dict[str, Any]]) -> str:
     names = list(results)
     keys = ["seconds", "tokens_per_s"] + sorted(k for k in results[names[0]] if k.startswith("loss"))
-    keys += [k for k in ["seconds_per_step"] + [f"seconds_to_{n}_loss" for n in names] if k in results[names[0]]]
+    keys += [k for k in ["seconds_per_step"] + sorted(k for k in results[names[0]] if k.startswith("seconds_to_"))
+             if k in results[names[0]]]
     lines = ["metric | " + " | ".join(f"{n:>10}" for n in names), "-|-" + "-|-".join("-" * 10 for _ in names)]
     lines += [f"{k} | " + " | ".join(f"{results[n][k]:10.4g}" for n in names) for k in keys]
     if "curve" in results[names[0]]:
