@@ -60,7 +60,10 @@ def test_shares_and_tokens_equal_numpy_on_the_tokenizer_distances(setup, tmp_pat
         assert r["adaptive_share"] >= max(r["fixed_share"].values())
     text = capsys.readouterr().out
     assert "tokens saved" in text and f"{targets[0]:g}" in text
-    assert json.loads((tmp_path / "r.json").read_text())["results"][1]["target"] == pytest.approx(targets[1])
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["results"][1]["target"] == pytest.approx(targets[1])
+    assert saved["images"] == [f"im{i}.png" for i in range(7)]
+    np.testing.assert_allclose(saved["distances"], d, rtol=1e-5)
 
 
 def test_a_source_instead_of_a_folder(setup):

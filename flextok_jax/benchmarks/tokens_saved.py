@@ -9,12 +9,13 @@ image's latents) and prints, per quality target, the share of images within it a
 the share the adaptive choice reaches (the fewest k within it; all n where none is), its mean
 number of tokens, the smallest fixed k that reaches the same share and the tokens saved per image
 against it (``evaluate.adaptive.equal_quality``), and the mean distance per k. ``--out`` writes it
-all as JSON.
+all as JSON, with every image's name and distances.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any, Iterator, Sequence
 
 import ml_collections
@@ -26,27 +27,29 @@ from flextok_jax.data.transforms import prepare_eval_image
 from flextok_jax.evaluate.adaptive import equal_quality
 
 
-def source_images(args: argparse.Namespace, size: int) -> Iterator[np.ndarray]:
-    """float32 [size, size, 3] in [-1, 1] of the first ``--num_images`` images of ``--images`` or
-    the ``--source`` (unreadable ones are logged by their loader and left out)."""
+def source_images(args: argparse.Namespace, size: int) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, float32 [size, size, 3] in [-1, 1]) of the first ``--num_images`` images of
+    ``--images`` (name: the file, relative to the folder) or the ``--source`` (name: "source[i]");
+    unreadable ones are logged by their loader and left out."""
     if args.images:
         from flextok_jax.cli import list_images, load_images
 
-        for _, image in load_images(list_images(args.images)[: args.num_images], size):
-            yield image
+        for path, image in load_images(list_images(args.images)[: args.num_images], size):
+            yield os.path.relpath(path, args.images), image
         return
     fields = {f: getattr(args, f) for f in ("source", "split", "folder", "data_dir", "name") if getattr(args, f)}
     source = get_source(ml_collections.ConfigDict({**fields, "num_images": args.num_images, "image_size": size}))
     for i in range(min(args.num_images, len(source))):
         record = prepare_eval_image(dict(source[i]), size)
         if not is_skipped(record):
-            yield record["image"]
+            yield f"{args.source}[{i}]", record["image"]
 
 
-def distances_by_k(model: Any, params: Any, images: Iterator[np.ndarray], batch_size: int, num_steps: int,
-                   seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ks int [K], distances float [N, K]) of every image decoded from its first ks[j] tokens."""
-    rows, ks, batch = [], None, []
+def distances_by_k(model: Any, params: Any, images: Iterator[tuple[str, np.ndarray]], batch_size: int,
+                   num_steps: int, seed: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(names, ks int [K], distances float [N, K]) of every (name, image) decoded from its first
+    ks[j] tokens."""
+    names, rows, ks, batch = [], [], None, []
 
     def flush() -> None:
         nonlocal ks
@@ -54,7 +57,8 @@ def distances_by_k(model: Any, params: Any, images: Iterator[np.ndarray], batch_
         rows.append(np.asarray(d))
         batch.clear()
 
-    for image in images:
+    for name, image in images:
+        names.append(name)
         batch.append(image)
         if len(batch) == batch_size:
             flush()
@@ -62,7 +66,7 @@ def distances_by_k(model: Any, params: Any, images: Iterator[np.ndarray], batch_
         flush()
     if not rows:
         raise ValueError("no images to measure (empty folder or source?)")
-    return np.asarray(ks), np.concatenate(rows)
+    return names, np.asarray(ks), np.concatenate(rows)
 
 
 def format_table(results: Sequence[dict], ks: Sequence[int]) -> str:
@@ -107,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     n, (height, width) = model.config.n_registers, model.config.image_size
     if height != width:
         raise ValueError(f"{args.tokenizer}: images of {height}x{width} px; this benchmark reads square images")
-    ks, dist = distances_by_k(model, params, source_images(args, height), args.batch_size,
+    names, ks, dist = distances_by_k(model, params, source_images(args, height), args.batch_size,
                               args.quality_steps, args.seed)
     results = [equal_quality(dist, ks, q, n) for q in args.quality]
     print(f"{dist.shape[0]} images, {args.quality_steps}-step trial decodes; mean distance per k: "
@@ -115,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(format_table(results, [int(k) for k in ks]))
     out = {"num_images": int(dist.shape[0]), "ks": [int(k) for k in ks],
            "mean_distance": [float(d) for d in dist.mean(axis=0)], "quality_steps": args.quality_steps,
-           "results": results}
+           "results": results, "images": names, "distances": dist.tolist()}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1)
