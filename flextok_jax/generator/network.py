@@ -38,7 +38,7 @@ from flax import struct
 
 from flextok_jax.generator.conditioning import TextCondition
 from flextok_jax.generator.config import GeneratorConfig
-from flextok_jax.model.layers import SwiGLU, attention, dense
+from flextok_jax.model.layers import RowDense, SwiGLU, attention, dense
 
 Cache = tuple[tuple[jax.Array, jax.Array], ...]
 ACT_AXES = ("act_batch", "act_seq", "act_embed")
@@ -179,7 +179,7 @@ class GeneratorNet(nn.Module):
         self.blocks = [DecoderBlock(cfg, name=f"blocks_{i}") for i in range(cfg.depth)]
         self.final_norm = rms_norm(cfg, "final_norm")
         # float32 accumulation and output: logits over 64,000 ids need more than bf16's 8 bits.
-        self.head = nn.Dense(
+        self.head = RowDense(
             cfg.num_ids,
             use_bias=False,
             dtype=cfg.compute_dtype,

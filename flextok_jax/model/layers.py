@@ -27,6 +27,23 @@ def layer_norm(x: jax.Array, eps: float = LN_EPS) -> jax.Array:
     return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
+class RowDense(nn.Dense):
+    """``nn.Dense`` over the rows of x: [..., in] is contracted as one [rows, in] matrix.
+
+    Same parameters and result as ``nn.Dense``. XLA:CPU runs the backward of a dense layer on
+    [B, T, in] activations (a dot over two batch-like dimensions) far below its 2-D matmul
+    speed; measured on this project's 2-core CPU at [8, 256, 768]: a d12 SwiGLU MLP's forward +
+    backward 285 ms as 3-D, 193 ms as rows; the generator's 64,000-id head with its
+    cross-entropy gradient 3.37 s against 2.26 s.
+    """
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        lead = inputs.shape[:-1]
+        out = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
+        return out.reshape(*lead, out.shape[-1])
+
+
 def dense(
     features: int,
     axes: tuple[str | None, str | None],
@@ -35,11 +52,12 @@ def dense(
     use_bias: bool = False,
     dtype: Dtype = jnp.float32,
     kernel_init: Initializer = nn.initializers.xavier_uniform(),
-) -> nn.Dense:
+) -> RowDense:
     """A Dense layer whose kernel ([in, out]) and bias ([out]) carry logical axis names.
 
-    ``name`` is None inside a module's ``setup`` (linen names it after the attribute)."""
-    return nn.Dense(
+    ``name`` is None inside a module's ``setup`` (linen names it after the attribute). A
+    ``RowDense``: the leading dimensions are flattened into rows for the matmul."""
+    return RowDense(
         features,
         use_bias=use_bias,
         dtype=dtype,
