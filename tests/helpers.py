@@ -145,3 +145,32 @@ def generator_config(token_dir: str, **train) -> ml_collections.ConfigDict:
     for k, v in train.items():
         c.train[k] = v
     return c
+
+
+def random_pixel_tokenizer_and_folder(root: pathlib.Path, num_images: int, params_seed: int, image_seed: int):
+    """A small pixel-space tokenizer (16 px, 16 registers) with random parameters saved to
+    ROOT/tok.safetensors, and ROOT/images: ``num_images`` flat 16 px pictures, every other one
+    with stripes. Returns (checkpoint, folder, model, params, images [num_images, 16, 16, 3] as
+    ``cli.load_images`` reads them)."""
+    from PIL import Image
+
+    from flextok_jax import FlexTok, FlexTokConfig, TransformerConfig, cli, save_params
+    from flextok_jax.benchmarks.models import random_params
+
+    t = TransformerConfig(dim=64, depth=2, head_dim=32)
+    cfg = FlexTokConfig(encoder=t, decoder=t, n_registers=16, latent_channels=3, patch_size=(4, 4),
+                        patch_grid=(4, 4), vae=None)
+    model = FlexTok(cfg)
+    params = random_params(model, seed=params_seed)
+    ckpt = root / "tok.safetensors"
+    save_params(ckpt, params, cfg)
+    folder = root / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(image_seed)
+    for i in range(num_images):
+        px = np.zeros((16, 16, 3), np.uint8) + rng.integers(0, 256, (1, 1, 3), dtype=np.uint8)
+        if i % 2:  # stripes on every other picture
+            px[:, :: 1 + i // 2] = rng.integers(0, 256, 3, dtype=np.uint8)
+        Image.fromarray(px).save(folder / f"im{i}.png")
+    images = np.stack([im for _, im in cli.load_images(cli.list_images(folder), 16)])
+    return ckpt, folder, model, params, images

@@ -11,8 +11,8 @@ from array_record.python.array_record_module import ArrayRecordReader
 from flax.serialization import msgpack_restore
 from PIL import Image
 
-from flextok_jax import FlexTok, FlexTokConfig, TransformerConfig, cli, save_params
-from flextok_jax.benchmarks.models import random_params
+from flextok_jax import cli
+from helpers import random_pixel_tokenizer_and_folder
 
 N = 16
 STEPS = 2
@@ -21,25 +21,7 @@ STEPS = 2
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(checkpoint path, image folder, model, params, images [6, 16, 16, 3] as the CLI loads them)."""
-    root = tmp_path_factory.mktemp("ragged")
-    t = TransformerConfig(dim=64, depth=2, head_dim=32)
-    cfg = FlexTokConfig(encoder=t, decoder=t, n_registers=N, latent_channels=3, patch_size=(4, 4),
-                        patch_grid=(4, 4), vae=None)
-    model = FlexTok(cfg)
-    params = random_params(model, seed=3)
-    ckpt = root / "tok.safetensors"
-    save_params(ckpt, params, cfg)
-    folder = root / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        px = np.zeros((16, 16, 3), np.uint8) + rng.integers(0, 256, (1, 1, 3), dtype=np.uint8)
-        if i % 2:  # stripes on every other picture
-            px[:, :: 1 + i // 2] = rng.integers(0, 256, 3, dtype=np.uint8)
-        Image.fromarray(px).save(folder / f"im{i}.png")
-    files = cli.list_images(folder)
-    images = np.stack([im for _, im in cli.load_images(files, 16)])
-    return ckpt, folder, model, params, images
+    return random_pixel_tokenizer_and_folder(tmp_path_factory.mktemp("ragged"), 6, params_seed=3, image_seed=0)
 
 
 def mixed_target(model, params, images) -> tuple[float, np.ndarray]:

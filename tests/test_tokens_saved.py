@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flextok_jax import FlexTok, FlexTokConfig, TransformerConfig, cli, save_params
 from flextok_jax.benchmarks import photo_crops, tokens_saved
-from flextok_jax.benchmarks.models import random_params
+from helpers import random_pixel_tokenizer_and_folder
 
 N = 16
 STEPS = 2
@@ -21,24 +20,7 @@ STEPS = 2
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(checkpoint, image folder, model, params, images [7, 16, 16, 3] as the benchmark loads them)."""
-    root = tmp_path_factory.mktemp("saved")
-    t = TransformerConfig(dim=64, depth=2, head_dim=32)
-    cfg = FlexTokConfig(encoder=t, decoder=t, n_registers=N, latent_channels=3, patch_size=(4, 4),
-                        patch_grid=(4, 4), vae=None)
-    model = FlexTok(cfg)
-    params = random_params(model, seed=5)
-    ckpt = root / "tok.safetensors"
-    save_params(ckpt, params, cfg)
-    folder = root / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(7):
-        px = np.zeros((16, 16, 3), np.uint8) + rng.integers(0, 256, (1, 1, 3), dtype=np.uint8)
-        if i % 2:
-            px[:, :: 1 + i // 2] = rng.integers(0, 256, 3, dtype=np.uint8)
-        Image.fromarray(px).save(folder / f"im{i}.png")
-    images = np.stack([im for _, im in cli.load_images(cli.list_images(folder), 16)])
-    return ckpt, folder, model, params, images
+    return random_pixel_tokenizer_and_folder(tmp_path_factory.mktemp("saved"), 7, params_seed=5, image_seed=1)
 
 
 def test_shares_and_tokens_equal_numpy_on_the_tokenizer_distances(setup, tmp_path, capsys):
