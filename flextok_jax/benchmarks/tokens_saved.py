@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if height != width:
         raise ValueError(f"{args.tokenizer}: images of {height}x{width} px; this benchmark reads square images")
     names, ks, dist = distances_by_k(model, params, source_images(args, height), args.batch_size,
-                              args.quality_steps, args.seed)
+                                     args.quality_steps, args.seed)
     results = [equal_quality(dist, ks, q, n) for q in args.quality]
     print(f"{dist.shape[0]} images, {args.quality_steps}-step trial decodes; mean distance per k: "
           + ", ".join(f"k={k}: {d:.4g}" for k, d in zip(ks, dist.mean(axis=0))))

@@ -124,8 +124,9 @@ def held_out_images(data_config: Any, image_size: int, num_images: int) -> np.nd
     elif data.source == "tfds":
         data.split = "validation"
     else:
-        logging.getLogger(__name__).warning("data.source=%r has no held-out split: the reconstructions are of training images "
-                        "(set data.eval_split to a slice that data.split leaves out)", data.source)
+        logging.getLogger(__name__).warning(
+            "data.source=%r has no held-out split: the reconstructions are of training images "
+            "(set data.eval_split to a slice that data.split leaves out)", data.source)
     source = get_source(data)
     out = []
     for i in range(len(source)):
