@@ -22,27 +22,25 @@ import ml_collections
 import numpy as np
 
 from flextok_jax.data.factory import add_source_arguments, get_source
-from flextok_jax.data.skips import is_skipped
-from flextok_jax.data.transforms import prepare_eval_image
 from flextok_jax.evaluate.adaptive import equal_quality
 
 
 def source_images(args: argparse.Namespace, size: int) -> Iterator[tuple[str, np.ndarray]]:
     """(name, float32 [size, size, 3] in [-1, 1]) of the first ``--num_images`` images of
-    ``--images`` (name: the file, relative to the folder) or the ``--source`` (name: "source[i]");
-    unreadable ones are logged by their loader and left out."""
+    ``--images`` (name: the file, relative to the folder) or the ``--source`` (name: "source[j]",
+    the j-th image kept); unreadable ones are left out (a folder's are logged)."""
     if args.images:
         from flextok_jax.cli import list_images, load_images
 
         for path, image in load_images(list_images(args.images)[: args.num_images], size):
             yield os.path.relpath(path, args.images), image
         return
+    from flextok_jax.evaluate.runner import load_source_images
+
     fields = {f: getattr(args, f) for f in ("source", "split", "folder", "data_dir", "name") if getattr(args, f)}
     source = get_source(ml_collections.ConfigDict({**fields, "num_images": args.num_images, "image_size": size}))
-    for i in range(min(args.num_images, len(source))):
-        record = prepare_eval_image(dict(source[i]), size)
-        if not is_skipped(record):
-            yield f"{args.source}[{i}]", record["image"]
+    for j, image in enumerate(load_source_images(source, 0, min(args.num_images, len(source)), size)):
+        yield f"{args.source}[{j}]", image
 
 
 def distances_by_k(model: Any, params: Any, images: Iterator[tuple[str, np.ndarray]], batch_size: int,
@@ -114,11 +112,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     names, ks, dist = distances_by_k(model, params, source_images(args, height), args.batch_size,
                                      args.quality_steps, args.seed)
     results = [equal_quality(dist, ks, q, n) for q in args.quality]
+    mean_distance = dist.mean(axis=0)
     print(f"{dist.shape[0]} images, {args.quality_steps}-step trial decodes; mean distance per k: "
-          + ", ".join(f"k={k}: {d:.4g}" for k, d in zip(ks, dist.mean(axis=0))))
+          + ", ".join(f"k={k}: {d:.4g}" for k, d in zip(ks, mean_distance)))
     print(format_table(results, [int(k) for k in ks]))
     out = {"num_images": int(dist.shape[0]), "ks": [int(k) for k in ks],
-           "mean_distance": [float(d) for d in dist.mean(axis=0)], "quality_steps": args.quality_steps,
+           "mean_distance": [float(d) for d in mean_distance], "quality_steps": args.quality_steps,
            "results": results, "images": names, "distances": dist.tolist()}
     if args.out:
         with open(args.out, "w") as f:
