@@ -95,3 +95,21 @@ def test_sharded_logits_equal_one_device(tiny):
     got = logits(sharded, jax.device_put(labels, parallel.batch_sharding(mesh)),
                  jax.device_put(tokens, parallel.batch_sharding(mesh)))
     np.testing.assert_allclose(got, gen.logits(params, labels, tokens), rtol=0, atol=1e-5)
+
+
+def test_row_dense_equals_dense_on_any_leading_shape():
+    """``layers.RowDense`` (the matmul over flattened rows) has nn.Dense's parameters and result,
+    forward and backward, for 2-, 3- and 4-D inputs."""
+    from flextok_jax.model.layers import RowDense
+
+    for shape in ((5, 12), (2, 7, 12), (2, 3, 4, 12)):
+        x = jax.random.normal(jax.random.key(len(shape)), shape)
+        row, ref = RowDense(9, use_bias=True), nn.Dense(9, use_bias=True)
+        p = row.init(jax.random.key(1), x)
+        assert jax.tree.map(jnp.shape, p) == jax.tree.map(jnp.shape, ref.init(jax.random.key(1), x))
+        out = row.apply(p, x)
+        assert out.shape == shape[:-1] + (9,)
+        np.testing.assert_allclose(out, ref.apply(p, x), rtol=1e-6, atol=1e-6)
+        g_row, g_ref = (jax.grad(lambda p, x, m=m: jnp.sum(m.apply(p, x) ** 2), argnums=(0, 1))(p, x) for m in (row, ref))
+        for a, b in zip(jax.tree.leaves(g_row), jax.tree.leaves(g_ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
