@@ -95,11 +95,14 @@ def test_model_that_never_emits_eos_stops_at_n(eos_gen):
     assert np.all((np.asarray(tokens) >= 0) & (np.asarray(tokens) < VOCAB))
 
 
-@pytest.mark.parametrize("position", [1, 5])
-def test_forced_eos_stops_at_the_expected_position(eos_gen, position):
+# chunk 4: the loop runs in cache segments 4, 8, 12, 16; an EOS at 5 ends it in the second,
+# and the later segments run no step.
+@pytest.mark.parametrize("position,chunk", [(1, sampler.CACHE_CHUNK), (5, sampler.CACHE_CHUNK), (5, 4)])
+def test_forced_eos_stops_at_the_expected_position(eos_gen, position, chunk):
     gen, params = eos_gen
     forced = steered(params, [position])
-    tokens, lengths, logits = gen.generate(forced, LABELS, None, rng=jax.random.key(2), return_logits=True)
+    tokens, lengths, logits = gen.generate(forced, LABELS, None, rng=jax.random.key(2), return_logits=True,
+                                           cache_chunk=chunk)
     assert np.all(np.asarray(lengths) == position) and tokens.shape == (8, position)
     logits = np.asarray(logits)
     assert np.all(logits[:, position, VOCAB] > 1e3)  # EOS drawn there, at a logit far above the rest

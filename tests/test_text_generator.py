@@ -44,14 +44,16 @@ def prompts(lengths=LENGTHS, width: int = SLOTS, seed: int = 0, pad_value: float
                          null=jnp.zeros((b,), bool))
 
 
-def test_cached_sampling_equals_teacher_forced_and_greedy_is_argmax(tiny):
+# chunk 3: cache segments of 3 positions after the text slots (the grown key mask stays True).
+@pytest.mark.parametrize("chunk", [sampler.CACHE_CHUNK, 3])
+def test_cached_sampling_equals_teacher_forced_and_greedy_is_argmax(tiny, chunk):
     gen, params = tiny
     cond = prompts()
-    tokens, used = gen.generate(params, cond, K, rng=jax.random.key(1), return_logits=True)
+    tokens, used = gen.generate(params, cond, K, rng=jax.random.key(1), return_logits=True, cache_chunk=chunk)
     assert tokens.shape == (4, K)
     np.testing.assert_allclose(used, gen.logits(params, cond, tokens), rtol=0, atol=LOGIT_TOL)
 
-    greedy, used = gen.generate(params, cond, K, temperature=0.0, return_logits=True)
+    greedy, used = gen.generate(params, cond, K, temperature=0.0, return_logits=True, cache_chunk=chunk)
     teacher_forced = gen.logits(params, cond, greedy)
     np.testing.assert_allclose(used, teacher_forced, rtol=0, atol=LOGIT_TOL)
     np.testing.assert_array_equal(greedy, jnp.argmax(teacher_forced, -1))

@@ -2,8 +2,9 @@
 
 ``python -m flextok_jax.benchmarks generate|train_generator --size tiny|d12``. FLOPs are XLA's cost analysis of one program
 per loop iteration times the trip count (XLA counts a while-loop body once): the cached sampler is
-prefill + (k - 1) decode steps (each attending over the whole static cache, masked positions
-included), the uncached one k teacher-forced forwards over the [rows, k] buffer.
+prefill + (k - 1) decode steps (each attending over its cache segment's whole static cache,
+masked positions included; ``sampler.cache_segments``), the uncached one k teacher-forced
+forwards over the [rows, k] buffer.
 """
 from __future__ import annotations
 
@@ -61,10 +62,15 @@ def sampler_flops(gen: Generator, params: Any, batch: int, k: int, guidance: boo
         flops, mib = compiled_cost(lambda p, t: gen.net.apply({"params": p}, labels, t), params,
                                    jnp.zeros((rows, k), jnp.int32))
         return k * flops, mib
-    cache = gen.init_cache(rows, k)
-    pre_flops, pre_mib = compiled_cost(lambda p, c: gen.prefill(p, labels, c), params, cache)
-    step_flops, step_mib = compiled_cost(lambda p, c: gen.decode(p, labels, jnp.int32(k // 2), c), params, cache)
-    return pre_flops + (k - 1) * step_flops, max(pre_mib, step_mib)
+    ends = sampler.cache_segments(k, sampler.CACHE_CHUNK)
+    pre_flops, mib = compiled_cost(lambda p, c: gen.prefill(p, labels, c), params,
+                                   gen.init_cache(rows, gen.cache_length(ends[0])))
+    total, start = pre_flops, 1
+    for end in ends:  # each segment's steps attend over that segment's cache
+        step_flops, step_mib = compiled_cost(lambda p, c: gen.decode(p, labels, jnp.int32(end - 1), c), params,
+                                             gen.init_cache(rows, gen.cache_length(end)))
+        total, mib, start = total + (end - start) * step_flops, max(mib, step_mib), end
+    return total, mib
 
 
 def sampler_rows(

@@ -95,6 +95,19 @@ class Generator:
             return layers
         return TextCache(layers=layers, key_mask=jnp.zeros((rows, length), bool))
 
+    def grow_cache(self, cache: Cache | TextCache, length: int) -> Cache | TextCache:
+        """The same cache with room for ``length`` positions: the new positions are empty (and
+        visible in a text model's key mask, like every token position); the old are unchanged."""
+        layers = cache if self.config.condition == "class" else cache.layers
+        extra = length - layers[0][0].shape[2]
+        if extra < 0:
+            raise ValueError(f"cannot shrink a KV cache of {layers[0][0].shape[2]} positions to {length}")
+        pad = ((0, 0), (0, 0), (0, extra), (0, 0))
+        layers = tuple((jnp.pad(k, pad), jnp.pad(v, pad)) for k, v in layers)
+        if self.config.condition == "class":
+            return layers
+        return TextCache(layers=layers, key_mask=jnp.pad(cache.key_mask, ((0, 0), (0, extra)), constant_values=True))
+
     def prefill(self, params: Params, cond: Any, cache: Cache | TextCache) -> tuple[jax.Array, Cache | TextCache]:
         """The canonical condition prefix (``prepare_condition``) of N rows into an empty cache
         -> (float32 logits [N, V] of token 0, cache)."""
@@ -117,11 +130,12 @@ class Generator:
         rng: jax.Array | None = None,
         guidance_schedule: str = "constant",
         return_logits: bool = False,
+        cache_chunk: int = sampler.CACHE_CHUNK,
     ) -> Any:
         """Sample token ids for ``cond`` (labels [B] or a text condition); ``num_tokens=None``
         samples until EOS and also returns the lengths; see
         ``flextok_jax.generator.sampler.generate``."""
         return sampler.generate(
             self, params, cond, num_tokens, cfg_scale, temperature, top_k, top_p, rng,
-            guidance_schedule, return_logits,
+            guidance_schedule, return_logits, cache_chunk=cache_chunk,
         )
