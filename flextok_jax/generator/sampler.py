@@ -6,11 +6,12 @@ L, head_dim] per layer; see ``network``) and runs every further position inside
 cache of L = O + end positions (O = ``config.prefix_offset``: 0 for a class model,
 ``max_text_tokens`` for a text model), grown by zeros between segments, so a step reads no more
 of the cache than about one chunk beyond what it attends to. The cache is part of the loop
-state, so XLA writes each new position in place. With ``num_tokens=None`` (a generator with EOS) the loop is a ``lax.while_loop`` that ends
-once every image of the batch has drawn EOS, or at max_tokens. Classifier-free guidance doubles
-the batch (rows B..2B-1 carry the null class, or the null text prefix) and combines the two
-halves as u + s (c - u) in float32 inside the program; sampling until EOS, the stop probability
-stays the conditional pass's (``stop_as_conditioned``).
+state, so XLA writes each new position in place. With ``num_tokens=None`` (a generator with
+EOS) the loops are ``lax.while_loop``s that end once every image of the batch has drawn EOS, or
+at max_tokens. Classifier-free guidance doubles the batch (rows B..2B-1 carry the null class, or
+the null text prefix) and combines the two halves as u + s (c - u) in float32 inside the
+program; sampling until EOS, the stop probability stays the conditional pass's
+(``stop_as_conditioned``).
 
 Randomness: image b draws position i with ``fold_in(keys[b], i)``, where ``keys`` is
 ``jax.random.split(rng, B)`` for a single key ``rng`` or ``rng`` itself when it is a key
@@ -19,9 +20,9 @@ rest of the batch: ``generate(labels[b:b+1], num_tokens=k[b], rng=keys[b:b+1])``
 of a batched call (``cond.rows(slice(b, b + 1))`` for a text condition).
 
 Compilation is keyed on shapes and modes only: (batch, max_k, guidance on/off, filtering
-on/off, guidance schedule, return_logits, cache_chunk). cfg_scale, temperature, top_k and top_p are traced
-values, so changing them reuses the program (turning filtering on, i.e. top_k > 0 or top_p < 1,
-selects the variant that sorts the logits).
+on/off, guidance schedule, return_logits, cache_chunk). cfg_scale, temperature, top_k and top_p
+are traced values, so changing them reuses the program (turning filtering on, i.e. top_k > 0 or
+top_p < 1, selects the variant that sorts the logits).
 """
 from __future__ import annotations
 
@@ -301,7 +302,8 @@ def generate(
     ``cached=False`` recomputes the whole [B, max_k] teacher-forced forward at every position
     instead of using a KV cache (the reference and the benchmark's comparison).
     ``cache_chunk``: decode positions per cache segment (``cache_segments``; 0 = one cache of
-    the full length from the start); it changes speed, not results.
+    the full length from the start); it changes speed, and the logits only by float32 rounding
+    (attention sums over another length).
     """
     cfg = gen.config
     b = condition_batch(cfg, cond)
@@ -310,8 +312,7 @@ def generate(
         raise ValueError("num_tokens=None samples until EOS, but this generator has none (GeneratorConfig.eos=False)")
     ks = np.full((b,), cfg.max_tokens, np.int32) if until_eos else check_num_tokens(cfg, num_tokens, b)
     check_sampling(cfg_scale, temperature, top_k, top_p)
-    if int(cache_chunk) < 0:
-        raise ValueError(f"cache_chunk must be >= 0 (0 = one cache of the full length), got {cache_chunk}")
+    cache_segments(int(ks.max()), int(cache_chunk))  # a negative chunk is an error before compiling
     if guidance_schedule not in SCHEDULES:
         raise ValueError(f"guidance_schedule must be one of {SCHEDULES}, got {guidance_schedule!r}")
     tokens, lengths, record = _program(
