@@ -74,7 +74,7 @@ def test_cache_segments():
     assert sampler.cache_segments(256, 32) == [32, 64, 96, 128, 160, 192, 224, 256]
     assert sampler.cache_segments(16, 5) == [5, 10, 15, 16]
     assert sampler.cache_segments(16, 0) == sampler.cache_segments(16, 16) == sampler.cache_segments(16, 32) == [16]
-    with pytest.raises(ValueError, match="cache_chunk must be >= 0"):
+    with pytest.raises(ValueError, match="cache_chunk must be an int >= 0"):
         sampler.cache_segments(16, -1)
 
 
@@ -90,8 +90,9 @@ def test_cache_chunk_changes_no_draw(tiny):
                                        **FILTERED)
     np.testing.assert_array_equal(split, whole)
     np.testing.assert_allclose(split_logits, whole_logits, rtol=0, atol=LOGIT_TOL * FILTERED["cfg_scale"])
-    with pytest.raises(ValueError, match="cache_chunk must be >= 0"):
-        gen.generate(params, LABELS, 4, cache_chunk=-2)
+    for bad in (-2, 2.5):
+        with pytest.raises(ValueError, match="cache_chunk must be an int >= 0"):
+            gen.generate(params, LABELS, 4, cache_chunk=bad)
 
 
 def test_per_image_k_batch_equals_images_one_by_one(tiny):

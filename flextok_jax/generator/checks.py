@@ -80,3 +80,9 @@ def check_sampling(cfg_scale: float, temperature: float, top_k: int, top_p: floa
         raise ValueError(f"top_k must be an int >= 0 (0 = no top-k filter), got {top_k}")
     if not 0 < float(top_p) <= 1:
         raise ValueError(f"top_p must lie in (0, 1] (1 = no nucleus filter), got {top_p}")
+
+
+def check_cache_chunk(chunk: int) -> None:
+    """The sampler's cache segment length: an int >= 0 (0 = one cache of the full length)."""
+    if int(chunk) != chunk or int(chunk) < 0:
+        raise ValueError(f"cache_chunk must be an int >= 0 (0 = one cache of the full length), got {chunk}")

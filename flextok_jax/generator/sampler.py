@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flextok_jax.generator.checks import check_num_tokens, check_sampling
+from flextok_jax.generator.checks import check_cache_chunk, check_num_tokens, check_sampling
 from flextok_jax.generator.conditioning import concat_conditions, condition_batch, null_condition, prepare_condition
 
 # Written at positions >= k of an image whose k is below the batch's largest (or that ended
@@ -51,8 +51,7 @@ def cache_segments(max_k: int, chunk: int) -> list[int]:
     """The decode loop's segments as their (exclusive) end positions: chunk, 2 chunk, ..., max_k
     ([max_k] for chunk 0 or chunk >= max_k). Positions of segment [start, end) attend over a
     cache of ``cache_length(end)`` positions."""
-    if chunk < 0:
-        raise ValueError(f"cache_chunk must be >= 0 (0 = one cache of the full length), got {chunk}")
+    check_cache_chunk(chunk)
     if chunk == 0 or chunk >= max_k:
         return [max_k]
     return list(range(chunk, max_k, chunk)) + [max_k]
@@ -250,8 +249,8 @@ def _program(
     record = jnp.zeros((b, max_k, vocab), jnp.float32) if return_logits else None
     lengths = jnp.full((b,), max_k, jnp.int32) if until_eos else ks
     carry = step(0, (tokens, state, record, lengths))
-    i = jnp.int32(1)
-    for segment, end in enumerate(ends):
+    i = jnp.int32(1)  # sampling until EOS: the next position, carried from segment to segment
+    for segment, (start, end) in enumerate(zip([1] + ends[:-1], ends)):
         if segment:
             carry = (carry[0], gen.grow_cache(carry[1], gen.cache_length(end))) + carry[2:]
         if until_eos:
@@ -263,7 +262,7 @@ def _program(
 
             i, carry = jax.lax.while_loop(running, lambda loop: (loop[0] + 1, step(loop[0], loop[1])), (i, carry))
         else:
-            carry = jax.lax.fori_loop(1 if segment == 0 else ends[segment - 1], end, step, carry)
+            carry = jax.lax.fori_loop(start, end, step, carry)
     tokens, _, record, lengths = carry
     tokens = jnp.where(jnp.arange(max_k)[None, :] < lengths[:, None], tokens, PAD_TOKEN)
     return tokens, lengths, record
@@ -312,7 +311,7 @@ def generate(
         raise ValueError("num_tokens=None samples until EOS, but this generator has none (GeneratorConfig.eos=False)")
     ks = np.full((b,), cfg.max_tokens, np.int32) if until_eos else check_num_tokens(cfg, num_tokens, b)
     check_sampling(cfg_scale, temperature, top_k, top_p)
-    cache_segments(int(ks.max()), int(cache_chunk))  # a negative chunk is an error before compiling
+    check_cache_chunk(cache_chunk)
     if guidance_schedule not in SCHEDULES:
         raise ValueError(f"guidance_schedule must be one of {SCHEDULES}, got {guidance_schedule!r}")
     tokens, lengths, record = _program(
