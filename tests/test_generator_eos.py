@@ -70,6 +70,19 @@ def test_mixed_stopping_batch_equals_images_one_by_one(eos_gen):
         np.testing.assert_array_equal(np.asarray(alone)[0], tokens[b, :length])
 
 
+def test_cache_segments_until_eos_equal_one_cache(eos_gen):
+    """Mixed stopping points (some images reach n): segments of 4 positions draw the tokens,
+    lengths and logits of one full-length cache, so every segment's loop stops at its end."""
+    gen, params = eos_gen
+    rng = jax.random.key(5)
+    whole = gen.generate(params, LABELS, None, rng=rng, return_logits=True, cache_chunk=0, **FILTERED)
+    split = gen.generate(params, LABELS, None, rng=rng, return_logits=True, cache_chunk=4, **FILTERED)
+    assert int(np.max(whole[1])) > 8  # the batch runs into the third segment
+    np.testing.assert_array_equal(split[0], whole[0])
+    np.testing.assert_array_equal(split[1], whole[1])
+    np.testing.assert_allclose(split[2], whole[2], rtol=0, atol=LOGIT_TOL * FILTERED["cfg_scale"])
+
+
 def test_greedy_until_eos_follows_the_teacher_forced_logits(eos_gen):
     gen, params = eos_gen
     tokens, lengths = gen.generate(params, LABELS, None, temperature=0.0)
