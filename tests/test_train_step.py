@@ -1,7 +1,8 @@
-"""The train step: identical on every mesh, nested-dropout budgets, the loss falls."""
+"""The train step: identical on every mesh, nested-dropout budgets, the loss falls, FSQ kept unsaturated."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
@@ -9,7 +10,9 @@ from helpers import losses, small_config
 
 from flextok_jax import load_model, parallel
 from flextok_jax.model.flextok import token_budgets
+from flextok_jax.model.fsq import fsq_bound, fsq_saturation
 from flextok_jax.train import TrainSetup, make_train_step, sample_keep_k, train
+from flextok_jax.train.tokenizer_task import flow_loss
 
 
 def _one_step(config, mesh_shape, images):
@@ -96,3 +99,45 @@ def test_train_step_keeps_the_models_sharding_constraints():
     images = {"image": jax.device_put(host["image"], parallel.batch_sharding(setup.mesh))}
     with jax.set_mesh(setup.mesh):
         assert bare.lower(state, images).as_text().count("sharding_constraint") == 0
+
+
+def _fsq_shift(levels):
+    """The parity README's FSQ shift atanh(offset / half), in float64."""
+    lv = np.asarray(levels, np.float64)
+    half = (lv - 1) * 1.001 / 2
+    return np.arctanh(np.where(lv % 2 == 0, 0.5, 0.0) / half)
+
+
+def test_fsq_saturation_is_the_squared_excess_past_the_margin():
+    levels = (8, 5, 5, 5)
+    z = np.random.default_rng(0).normal(0, 3, (64, 16, 4))
+    want = np.mean(np.maximum(np.abs(z + _fsq_shift(levels)) - 2.0, 0) ** 2)
+    np.testing.assert_allclose(float(fsq_saturation(jnp.asarray(z, jnp.float32), levels)), want, rtol=1e-5)
+    # Inside the margin (|z + shift| <= 1.8 + 0.143) nothing is penalised.
+    assert float(fsq_saturation(jnp.asarray(np.clip(z, -1.8, 1.8), jnp.float32), levels)) == 0.0
+    # A dead dimension gets no gradient through FSQ but one from the penalty, towards the middle.
+    dead = jnp.array([[-6.0, 6.0, 0.5, -0.5]])
+    through_fsq = jax.grad(lambda v: jnp.sum(fsq_bound(v, levels)))(dead)
+    assert float(jnp.max(jnp.abs(through_fsq[0, :2]))) < 1e-3
+    g = np.asarray(jax.grad(lambda v: fsq_saturation(v, levels))(dead))[0]
+    assert g[0] < -1.0 and g[1] > 1.0 and g[2] == 0.0 and g[3] == 0.0
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_flow_loss_adds_the_fsq_saturation_term(weight):
+    config = small_config(fsq_saturation_weight=weight)
+    setup = TrainSetup.from_config(config, devices=jax.devices()[:1])
+    task = setup.task
+    params = jax.tree.map(np.asarray, setup.init_state().params)
+    # Scale the FSQ head so that most dimensions sit in tanh's flat tails.
+    params["encoder"]["to_latents"]["kernel"] = params["encoder"]["to_latents"]["kernel"] * 40.0
+    images = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (8, 32, 32, 3)), jnp.float32)
+    loss, metrics = flow_loss(task.model, task.hp, None, params, {}, images, jax.random.key(0))
+    z = task.model.encode_registers(params, images)
+    if weight == 0:
+        assert "loss_fsq_saturation" not in metrics and float(loss) == float(metrics["loss_flow"])
+        return
+    sat = float(fsq_saturation(z, config.model.fsq_levels))
+    assert sat > 1.0
+    np.testing.assert_allclose(float(metrics["loss_fsq_saturation"]), sat, rtol=1e-6)
+    np.testing.assert_allclose(float(loss), float(metrics["loss_flow"]) + weight * sat, rtol=1e-6)

@@ -113,13 +113,20 @@ class FlexTok:
                rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """images [B, H, W, 3] in [-1, 1] -> (latents [B, h, w, C], FSQ codes [B, k, code_dim]).
 
-        The one path image -> VAE -> encoder -> FSQ (straight-through, so the encoder trains
-        through it); no gradient reaches the VAE. k = ``num_tokens`` (default n_registers);
-        ``rng`` samples the VAE posterior where the config asks for it (``encode_latents``).
+        k = ``num_tokens`` (default n_registers); ``rng`` samples the VAE posterior where the
+        config asks for it (``encode_latents``). See ``encode_with_fsq_inputs``.
         """
-        latents = jax.lax.stop_gradient(self.encode_latents(params, images, rng))
-        codes = fsq_quantize(self.encode_registers(params, latents, num_tokens), self.config.fsq_levels)
+        latents, _, codes = self.encode_with_fsq_inputs(params, images, num_tokens, rng)
         return latents, codes
+
+    def encode_with_fsq_inputs(self, params: Params, images: jax.Array, num_tokens: int | None = None,
+                               rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The one path image -> VAE -> encoder -> FSQ (straight-through, so the encoder trains
+        through it; no gradient reaches the VAE): (latents [B, h, w, C], FSQ inputs z
+        [B, k, code_dim], codes [B, k, code_dim]). Training reads z to keep FSQ unsaturated."""
+        latents = jax.lax.stop_gradient(self.encode_latents(params, images, rng))
+        z = self.encode_registers(params, latents, num_tokens)
+        return latents, z, fsq_quantize(z, self.config.fsq_levels)
 
     def velocity(
         self,

@@ -47,6 +47,17 @@ def fsq_quantize(z: jax.Array, levels: Sequence[int]) -> jax.Array:
     return rounded / half_width
 
 
+def fsq_saturation(z: jax.Array, levels: Sequence[int], margin: float = 2.0) -> jax.Array:
+    """Mean squared excess of the tanh argument ``|z + shift|`` over ``margin``: a scalar that is
+    zero while every dimension stays where tanh still has a gradient (tanh'(2) = 0.07).
+
+    A dimension pushed past it always rounds to its extreme level and, through the saturated
+    tanh, gets almost no gradient back: it is dead. Penalising the excess revives it."""
+    _, _, shift, _ = _level_constants(levels)
+    excess = jax.nn.relu(jnp.abs(z.astype(jnp.float32) + shift) - margin)
+    return jnp.mean(jnp.square(excess))
+
+
 def codes_to_ids(codes: jax.Array, levels: Sequence[int]) -> jax.Array:
     """codes [..., d] (values k/(L//2)) -> int32 ids [...]."""
     _, _, _, half_width = _level_constants(levels)

@@ -130,6 +130,9 @@ def base_config() -> ml_collections.ConfigDict:
             # With repa_teacher='dinov2': a DINOv2 .safetensors (official torch key names).
             "repa_teacher_weights": config_dict.placeholder(str),
             "repa_hidden": 2048,
+            # Weight of fsq.fsq_saturation on the encoder's FSQ inputs (0 = off): it keeps FSQ
+            # dimensions out of tanh's flat tails, where they stop learning.
+            "fsq_saturation_weight": 0.0,
             # Official FlexTok .safetensors to fine-tune from (its VAE is kept frozen).
             "init_from": config_dict.placeholder(str),
             # Pretrained VAE weights for training from scratch: a diffusers AutoencoderKL

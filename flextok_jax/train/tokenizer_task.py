@@ -1,6 +1,7 @@
 """The FlexTok tokenizer as a training task: its loss, its batches, its pretrained weights.
 
-loss = E || decoder(x_t, t, FSQ(encoder(z))[:keep_k]) - (noise - z) ||^2 + w_repa * REPA, where
+loss = E || decoder(x_t, t, FSQ(encoder(z))[:keep_k]) - (noise - z) ||^2 + w_repa * REPA
+       + w_sat * fsq_saturation(encoder(z)), where
 z are the frozen-VAE latents, keep_k is drawn per image (nested dropout), a fraction of images
 is fully replaced by the null condition (for classifier-free guidance), and t ~ logit-normal.
 """
@@ -29,6 +30,7 @@ from flextok_jax.checkpoint_official import (
 )
 from flextok_jax.model.config import FlexTokConfig, from_configdict
 from flextok_jax.model.flextok import FlexTok
+from flextok_jax.model.fsq import fsq_saturation
 from flextok_jax.model.vae import STANDARD_VAE, VAEConfig, vae_params_from_torch
 from flextok_jax.evaluate.grid import grid_image
 from flextok_jax.evaluate.reconstruct import reconstruct_by_k
@@ -50,6 +52,7 @@ class FlowLossHparams:
     repa_weight: float = 0.0
     repa_hidden: int = 2048
     repa_dim: int = 0  # the teacher's feature width; 0 = no REPA
+    fsq_saturation_weight: float = 0.0
 
     @classmethod
     def from_config(cls, train: ml_collections.ConfigDict, repa_dim: int = 0) -> "FlowLossHparams":
@@ -63,6 +66,7 @@ class FlowLossHparams:
             repa_weight=float(train.repa_weight) if repa_dim else 0.0,
             repa_hidden=int(train.repa_hidden),
             repa_dim=int(repa_dim),
+            fsq_saturation_weight=float(train.fsq_saturation_weight),
         )
 
 
@@ -95,23 +99,27 @@ def flow_loss(
     cfg = model.config
     b = images.shape[0]
     r_keep, r_null, r_t, r_noise, r_vae = jax.random.split(rng, 5)
-    x0, codes = model.encode({**params, **model_parts(frozen)}, images, rng=r_vae)
+    x0, z, codes = model.encode_with_fsq_inputs({**params, **model_parts(frozen)}, images, rng=r_vae)
     keep_k = sample_keep_k(r_keep, b, cfg.n_registers, hp.nested_dropout)
     null_cond = jax.random.bernoulli(r_null, hp.guidance_dropout, (b,))
     t = flow.sample_logit_normal_t(r_t, b, hp.t_mean, hp.t_std)
     noise = jax.random.normal(r_noise, x0.shape, jnp.float32)
     x_t = flow.add_noise(x0, noise, t)
 
+    metrics = {}
     if teacher is None or hp.repa_weight <= 0:
         velocity = model.velocity(params, x_t, t, codes, keep_k, null_cond)
-        loss = jnp.mean(jnp.square(velocity - (noise - x0)))
-        return loss, {"loss": loss, "loss_flow": loss}
-    velocity, features = model.velocity_and_features(params, x_t, t, codes, keep_k, null_cond)
-    loss_flow = jnp.mean(jnp.square(velocity - (noise - x0)))
-    projected = RepaProjector(hp.repa_hidden, hp.repa_dim).apply({"params": params["repa_proj"]}, features)
-    loss_repa = repa_loss(projected, teacher.features(frozen.get("repa_teacher"), images))
-    loss = loss_flow + hp.repa_weight * loss_repa
-    return loss, {"loss": loss, "loss_flow": loss_flow, "loss_repa": loss_repa}
+        loss = loss_flow = jnp.mean(jnp.square(velocity - (noise - x0)))
+    else:
+        velocity, features = model.velocity_and_features(params, x_t, t, codes, keep_k, null_cond)
+        loss_flow = jnp.mean(jnp.square(velocity - (noise - x0)))
+        projected = RepaProjector(hp.repa_hidden, hp.repa_dim).apply({"params": params["repa_proj"]}, features)
+        metrics["loss_repa"] = repa_loss(projected, teacher.features(frozen.get("repa_teacher"), images))
+        loss = loss_flow + hp.repa_weight * metrics["loss_repa"]
+    if hp.fsq_saturation_weight > 0:
+        metrics["loss_fsq_saturation"] = fsq_saturation(z, cfg.fsq_levels)
+        loss = loss + hp.fsq_saturation_weight * metrics["loss_fsq_saturation"]
+    return loss, {"loss": loss, "loss_flow": loss_flow, **metrics}
 
 
 def _vae_config(model_section: ml_collections.ConfigDict) -> VAEConfig | None:
