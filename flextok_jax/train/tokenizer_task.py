@@ -106,16 +106,17 @@ def flow_loss(
     noise = jax.random.normal(r_noise, x0.shape, jnp.float32)
     x_t = flow.add_noise(x0, noise, t)
 
-    metrics = {}
-    if teacher is None or hp.repa_weight <= 0:
-        velocity = model.velocity(params, x_t, t, codes, keep_k, null_cond)
-        loss = loss_flow = jnp.mean(jnp.square(velocity - (noise - x0)))
-    else:
+    use_repa = teacher is not None and hp.repa_weight > 0
+    if use_repa:
         velocity, features = model.velocity_and_features(params, x_t, t, codes, keep_k, null_cond)
-        loss_flow = jnp.mean(jnp.square(velocity - (noise - x0)))
+    else:
+        velocity = model.velocity(params, x_t, t, codes, keep_k, null_cond)
+    loss = loss_flow = jnp.mean(jnp.square(velocity - (noise - x0)))
+    metrics = {}
+    if use_repa:
         projected = RepaProjector(hp.repa_hidden, hp.repa_dim).apply({"params": params["repa_proj"]}, features)
         metrics["loss_repa"] = repa_loss(projected, teacher.features(frozen.get("repa_teacher"), images))
-        loss = loss_flow + hp.repa_weight * metrics["loss_repa"]
+        loss = loss + hp.repa_weight * metrics["loss_repa"]
     if hp.fsq_saturation_weight > 0:
         metrics["loss_fsq_saturation"] = fsq_saturation(z, cfg.fsq_levels)
         loss = loss + hp.fsq_saturation_weight * metrics["loss_fsq_saturation"]
