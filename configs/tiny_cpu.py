@@ -12,8 +12,8 @@ k=1, 0.174 at k=16), the 60,000 training images are tokenized (WORKDIR/tokens), 
 shows one sample per class at each k. A classifier trained in the run (91.4% on test images)
 scores reconstructions 52.3% (k=1), 63.6% (k=2) .. 65.5% (k=16) and samples 71% .. 80%;
 FID-FMNIST of the reconstructions 32.5 (k=1) .. 20.4 (k=16) (WORKDIR/stage2.json). Measured:
-12.1 min wall on 2 CPU cores (1,264 CPU-seconds) on a slow day of this machine; 8.8 min for the
-same steps in an earlier session. Rerunning the command resumes every stage.
+9.4 min wall on 2 CPU cores (961 CPU-seconds; 10.3 min the same day with the huge-page tunable
+of flextok_jax/huge_pages.py switched off). Rerunning the command resumes every stage.
 
 With ``configs/tiny_cpu.py:text`` (after the main job, same WORKDIR; 2.3 min more): the
 text-conditional generator trains 800 steps on the same tokens with template captions, and

@@ -48,7 +48,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from tqdm import tqdm
 
-from flextok_jax import generator
+from flextok_jax import generator, huge_pages
 from flextok_jax.data.factory import add_source_arguments, get_source
 from flextok_jax.data.image_folder import IMAGE_EXTENSIONS, image_files
 from flextok_jax.data.skips import is_skipped
@@ -427,6 +427,8 @@ def add_evaluate_parser(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the `flextok` command, not a call from Python
+        huge_pages.reexec_with_huge_pages()
     parser = argparse.ArgumentParser(prog="python -m flextok_jax.cli", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,0 +1,45 @@
+"""The main job re-executes itself with glibc's huge-page tunable: same pid, same arguments, once."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+# Imports only the standalone module (not the package, which imports jax), twice over an exec.
+_CHILD = """
+import importlib.util, os, sys
+spec = importlib.util.spec_from_file_location("huge_pages", sys.argv[1])
+huge_pages = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(huge_pages)
+print("before", os.getpid(), os.environ.get("GLIBC_TUNABLES"), sys.argv[2:])
+huge_pages.reexec_with_huge_pages()
+print("after", os.getpid(), os.environ.get("GLIBC_TUNABLES"), sys.argv[2:])
+"""
+_MODULE = os.path.join(os.path.dirname(__file__), "..", "flextok_jax", "huge_pages.py")
+
+
+def _run_child(env_update: dict) -> list[list[str]]:
+    # Without PYTHONUNBUFFERED the pipe is block-buffered, so a missing flush before the exec shows.
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "PYTHONUNBUFFERED")}
+    env.update(env_update)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, _MODULE, "--flag=1", "x y"],
+        env=env, capture_output=True, text=True, check=True, timeout=60,
+    ).stdout
+    return [line.split(" ", 3) for line in out.splitlines()]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the tunable is glibc's (Linux)")
+def test_reexec_sets_the_tunable_keeps_pid_and_arguments_and_runs_once():
+    lines = _run_child({})
+    # The first run's output is flushed before the exec; the second run does not exec again.
+    assert [line[0] for line in lines] == ["before", "before", "after"]
+    pids = {line[1] for line in lines}
+    assert len(pids) == 1, lines
+    assert [line[2] for line in lines] == ["None", "glibc.malloc.hugetlb=1", "glibc.malloc.hugetlb=1"]
+    assert {line[3] for line in lines} == {"['--flag=1', 'x y']"}
+
+
+def test_a_set_variable_opts_out():
+    lines = _run_child({"GLIBC_TUNABLES": ""})
+    assert [(line[0], line[2]) for line in lines] == [("before", ""), ("after", "")]
