@@ -10,7 +10,8 @@ WORKDIR/text_samples.png. A generator config (task='generator' or 'text_generato
 generator alone on ``data.tokens``.
 
 On Linux the process first re-executes itself with glibc's huge-page tunable
-(``flextok_jax.huge_pages``; the main job, t_mean 1.0: 10.3 -> 9.4 min); setting GLIBC_TUNABLES opts out.
+(``flextok_jax.huge_pages``; the main job with train.t_mean 1.0: 10.3 -> 9.4 min); setting
+GLIBC_TUNABLES opts out.
 """
 from __future__ import annotations
 
