@@ -427,8 +427,6 @@ def add_evaluate_parser(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None:  # the `flextok` command, not a call from Python
-        huge_pages.reexec_with_huge_pages()
     parser = argparse.ArgumentParser(prog="python -m flextok_jax.cli", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -480,5 +478,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def console_main() -> int:
+    """The ``flextok`` command and ``python -m flextok_jax.cli``: ``main`` in a process re-executed
+    with glibc's huge-page tunable (``flextok_jax.huge_pages``). ``main(argv)`` itself never
+    re-executes, so Python code and notebooks can call it."""
+    huge_pages.reexec_with_huge_pages()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -1,4 +1,4 @@
-"""The main job re-executes itself with glibc's huge-page tunable: same pid, same arguments, once."""
+"""The entry points re-execute themselves with glibc's huge-page tunable: same pid, same arguments, once."""
 import os
 import subprocess
 import sys
@@ -43,3 +43,33 @@ def test_reexec_sets_the_tunable_keeps_pid_and_arguments_and_runs_once():
 def test_a_set_variable_opts_out():
     lines = _run_child({"GLIBC_TUNABLES": ""})
     assert [(line[0], line[2]) for line in lines] == [("before", ""), ("after", "")]
+
+
+_RECORD_START = """
+import os
+with open(os.environ["FLEXTOK_TEST_STARTS"], "a") as f:
+    f.write(f"{os.getpid()} {os.environ.get('GLIBC_TUNABLES')}\\n")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the tunable is glibc's (Linux)")
+@pytest.mark.parametrize("command, help_text", [
+    (["-m", "flextok_jax.main", "--helpshort"], "--workdir"),
+    (["flextok", "--help"], "usage: "),  # the console script
+    (["-m", "flextok_jax.benchmarks", "--help"], "usage: "),
+])
+def test_each_entry_point_restarts_once_with_the_tunable(tmp_path, command, help_text):
+    # A sitecustomize records every interpreter start: its pid and GLIBC_TUNABLES.
+    (tmp_path / "sitecustomize.py").write_text(_RECORD_START)
+    starts = tmp_path / "starts.txt"
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env.update(PYTHONPATH=str(tmp_path), FLEXTOK_TEST_STARTS=str(starts))
+    if command[0] == "flextok":
+        command = [os.path.join(os.path.dirname(sys.executable), "flextok"), *command[1:]]
+    else:
+        command = [sys.executable, *command]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert help_text in proc.stdout, proc.stderr[-2000:]  # the restarted process ran the command
+    lines = [line.split(" ", 1) for line in starts.read_text().splitlines()]
+    assert len(lines) == 2 and lines[0][0] == lines[1][0], lines
+    assert [value for _, value in lines] == ["None", "glibc.malloc.hugetlb=1"]
