@@ -309,10 +309,12 @@ def test_tokenize_dataset_quality_stores_each_records_adaptive_length(token_dir,
     assert set(counts) == {1, 8}, counts
 
 
-def test_bucketed_vs_fixed_comparison_runs_both_and_scores_bands(token_dir, tmp_path):
+def test_bucketed_vs_fixed_comparison_scores_bands_and_curves(token_dir, tmp_path):
     from flextok_jax.benchmarks import buckets as B
 
-    results = B.run_comparison(token_dir, str(tmp_path), steps=6, batch=16, lengths=(2, 4, 8), eval_records=64)
+    # One comparison (it trains both models from scratch), evaluated every 3 steps, serves both halves.
+    results = B.run_comparison(token_dir, str(tmp_path), steps=6, batch=16, lengths=(2, 4, 8), eval_records=64,
+                               eval_every=3)
     assert set(results) == {"fixed", "bucketed"}
     for name, row in results.items():
         assert row["seconds"] > 0 and row["tokens_per_s"] > 0
@@ -327,13 +329,7 @@ def test_bucketed_vs_fixed_comparison_runs_both_and_scores_bands(token_dir, tmp_
     np.testing.assert_allclose(results["fixed"]["loss"], ce.mean(), rtol=1e-5)
     np.testing.assert_allclose(results["fixed"]["loss/pos_005-016"], ce[:, 4:].mean(), rtol=1e-5)
     assert "bucketed" in B.format_comparison(results) and "loss/pos_001" in B.format_comparison(results)
-
-
-def test_comparison_loss_curves_and_time_to_loss(token_dir, tmp_path):
-    from flextok_jax.benchmarks import buckets as B
-
-    results = B.run_comparison(token_dir, str(tmp_path), steps=6, batch=16, lengths=(2, 4, 8), eval_records=64,
-                               eval_every=3)
+    # The loss curves and the time to reach each run's final loss.
     for name, row in results.items():
         assert [p["step"] for p in row["curve"]] == [3, 6]
         # The last point is the exported EMA weights' loss: the segments resumed exactly.
