@@ -5,9 +5,10 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One persistent compilation cache for the whole run: set here, in the controller, before
-# pytest-xdist starts its workers, so both workers and every subprocess they start share it
-# (tests/helpers.py points jax at it); the same tiny train steps compile in many test files.
+# One persistent compilation cache for the whole run, every compile kept: many test files compile
+# the same tiny train steps. Set here, in the controller, before jax is imported and before
+# pytest-xdist starts its workers, so jax reads it and both workers and their subprocesses share it.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     import atexit
     import shutil

@@ -6,7 +6,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import tempfile
 
 import jax
 import ml_collections
@@ -22,12 +21,6 @@ if str(REPO) not in sys.path:
 
 from configs import tiny_cpu  # noqa: E402
 
-# Many tests compile the same tiny train step (same config and mesh): a persistent compilation
-# cache shared by this session and its subprocesses compiles each one once.
-COMPILATION_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="flextok_jit_"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def max_err(a, b) -> float:

@@ -22,8 +22,8 @@ SHORT_RUN = ["--config.train.total_steps=800", "--config.log.progress=False", "-
 
 
 def _main_job(config: str, workdir) -> subprocess.CompletedProcess:
-    # One CPU device, as a newcomer runs it: conftest's 8 fake devices would make the run a fifth
-    # slower (measured 306 s vs 249 s for the first command) and change its numbers.
+    # One CPU device, as a newcomer runs it: conftest's 8 fake devices would make the first command
+    # 23% slower (measured 306 s vs 249 s) and change its numbers.
     xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
                          if not f.startswith("--xla_force_host_platform_device_count"))
     proc = subprocess.run([sys.executable, "-m", "flextok_jax.main", "--config", config, "--workdir", str(workdir),
